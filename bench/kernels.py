@@ -1,0 +1,60 @@
+"""Every kernel against its reference and its peers, in one run (`cosmos selfcheck`,
+`cosmos bench kernels`, `python -m bench.kernels`).
+
+Each family has a module bench/<family>.py with `run(device, quick) -> list[dict]`; a row has at
+least op, shape, dtype, impl (ours: the backend; peers: e.g. "torch.compile", "sdpa-flash"),
+ms, and a relative error against the reference where the row is one of ours. Rows of ours whose
+error exceeds the DESIGN.md threshold fail the run (exit 1): this is also the self-check.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+import torch
+
+from bench.common import environment, print_table, write_json
+
+FAMILIES = ["adaln"]  # each kernel family adds its bench module here
+COLUMNS = ["op", "shape", "dtype", "impl", "ms", "GB/s", "TFLOP/s", "vs_peer", "rel_err", "ok"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", default=None,
+                   help="small shapes (the default on CPU; full paper shapes on GPU)")
+    p.add_argument("--only", default="", help="comma-separated families: " + ",".join(FAMILIES))
+    p.add_argument("--out", default=None, help="JSON output (default bench/results/kernels-<device>.json on GPU)")
+
+
+def run(args) -> int:
+    device = torch.device(args.device)
+    quick = args.quick if args.quick is not None else device.type != "cuda"
+    families = [f for f in FAMILIES if not args.only or f in args.only.split(",")]
+    env = environment(device)
+    print(f"device: {env['device']}  ({env['figures']})")
+    rows = []
+    for fam in families:
+        module = importlib.import_module(f"bench.{fam}")
+        rows += module.run(device, quick)
+    print_table(rows, COLUMNS)
+    out = args.out or (f"bench/results/kernels-{device.type}.json" if device.type == "cuda" else None)
+    if out:
+        print(f"wrote {write_json(out, {'environment': env, 'quick': quick, 'rows': rows})}")
+    bad = [r for r in rows if r.get("ok") is False]
+    if bad:
+        print(f"{len(bad)} kernel row(s) exceed their accuracy threshold", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.kernels", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

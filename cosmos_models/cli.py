@@ -1,0 +1,42 @@
+"""The `cosmos` command. Each subcommand lives in its own module, which provides
+`add_arguments(parser)` and `run(args) -> int`; only the chosen one is imported."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "selfcheck": ("bench.kernels", "check and time every kernel against its reference on this device"),
+    "bench": ("bench.cli", "benchmarks: kernels, train-step"),
+    "train": ("cosmos_models.train", "flow-matching training (torchrun for several processes)"),
+    "distill": ("cosmos_models.distill", "rCM timestep distillation of a trained teacher"),
+    "sample": ("cosmos_models.sampler", "generate videos (text/image/video2world, transfer, multiview, action)"),
+    "mfu": ("cosmos_models.mfu", "record / check MFU baselines"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: cosmos COMMAND [options]   (cosmos COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"cosmos: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"cosmos {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(rest)) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

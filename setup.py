@@ -1,0 +1,88 @@
+"""Build of cosmos-kernels.
+
+`cosmos_kernels._C` is built from csrc/ through CMake (pybind11, ninja). The host (C++) part
+always builds when a C++ compiler and CMake are present; the CUDA part builds when `nvcc` is
+found, for sm_90a. A machine with no compiler gets the pure-Python package: Triton and the
+PyTorch references still work, and the `cuda` backend reports itself unavailable.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name):
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext):
+        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        build_dir = Path(self.build_temp).resolve() / ext.name
+        build_dir.mkdir(parents=True, exist_ok=True)
+        cmake = shutil.which("cmake")
+        if cmake is None:
+            self._skip("cmake was not found")
+            return
+        try:
+            import pybind11
+        except ImportError:
+            self._skip("pybind11 is not installed")
+            return
+        args = [
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            "-DCMAKE_BUILD_TYPE=Release",
+        ]
+        if shutil.which("ninja"):
+            args.append("-GNinja")
+        if os.environ.get("COSMOS_KERNELS_NO_CUDA") == "1":
+            args.append("-DCOSMOS_KERNELS_CUDA=OFF")
+        try:
+            subprocess.run([cmake, str(ROOT), *args], cwd=build_dir, check=True)
+            subprocess.run([cmake, "--build", ".", "-j", str(os.cpu_count() or 2)], cwd=build_dir, check=True)
+        except (subprocess.CalledProcessError, OSError) as exc:
+            if os.environ.get("COSMOS_KERNELS_REQUIRE_EXT") == "1":
+                raise
+            self._skip(f"the build of csrc/ failed ({exc})")
+
+    @staticmethod
+    def _skip(why):
+        print(
+            f"\n*** cosmos-kernels: {why}; installing the pure-Python package without "
+            "cosmos_kernels._C (backend 'cuda' will be unavailable; 'triton' and 'torch' work). "
+            "Set COSMOS_KERNELS_REQUIRE_EXT=1 to make this an error. ***\n",
+            file=sys.stderr,
+        )
+
+
+setup(
+    name="cosmos-kernels",
+    version="0.1.0",
+    description="Kernel-first training, distillation and sampling for Cosmos-Predict2.5 video world models",
+    packages=find_packages(include=["cosmos_kernels*", "cosmos_models*", "bench*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.13,<2.14",
+        "triton>=3.9,<3.10",
+        "numpy>=1.26,<3",
+        "pybind11>=2.13,<4",
+        "ninja>=1.11,<2",
+        "nvtx>=0.2.10,<0.3",
+        "safetensors>=0.4,<1",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3"],
+    },
+    ext_modules=[CMakeExtension("cosmos_kernels._C")],
+    cmdclass={"build_ext": CMakeBuild},
+    entry_points={"console_scripts": ["cosmos=cosmos_models.cli:main"]},
+)
