@@ -78,6 +78,7 @@ setup(
         "ninja>=1.11,<2",
         "nvtx>=0.2.10,<0.3",
         "safetensors>=0.4,<1",
+        "diffusers>=0.42,<0.44",
     ],
     extras_require={
         "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3"],

@@ -1,0 +1,213 @@
+"""Checkpoints: load official, diffusers and our own state dicts strictly; save ours in safetensors.
+
+Key maps (documented so a user can check what is loaded):
+- ours == the official MiniTrainDIT names (`blocks.0.self_attn.q_proj.weight`, ...). Official files
+  prefix them with `net.` (EMA weights in `net_ema.` for training checkpoints) and may carry
+  non-parameter entries that are dropped: `pos_embedder.{seq,dim_spatial_range,dim_temporal_range}`
+  (RoPE tables we compute), `accum_*` counters, Transformer Engine `._extra_state`.
+- diffusers (`CosmosTransformer3DModel`, from its scripts/convert_cosmos_to_diffusers.py for 2.x):
+  `time_embed.t_embedder` <-> `t_embedder.1`, `time_embed.norm` <-> `t_embedding_norm`,
+  `transformer_blocks` <-> `blocks`, `norm{1,2,3}.linear_{1,2}` <-> `adaln_modulation_{self_attn,
+  cross_attn,mlp}.{1,2}`, `attn1`/`attn2` <-> `self_attn`/`cross_attn`, `to_q/to_k/to_v/to_out.0`
+  <-> `q_proj/k_proj/v_proj/output_proj`, `norm_q/norm_k` <-> `q_norm/k_norm`, `ff.net.0.proj`/
+  `ff.net.2` <-> `mlp.layer1`/`mlp.layer2`, `patch_embed.proj` <-> `x_embedder.proj.1`,
+  `norm_out.linear_{1,2}` <-> `final_layer.adaln_modulation.{1,2}`, `proj_out` <-> `final_layer.linear`.
+  Transfer2.5's `CosmosControlNetModel` weights are taken with a `controlnet.` prefix:
+  `controlnet.patch_embed.proj` <-> `control_embedder.proj.1`, `controlnet.control_blocks.N.*` <->
+  `control_blocks.N.*` (block names as above); its copies of the base embedders (`patch_embed_base`,
+  `time_embed`, `crossattn_proj`, `img_context_proj`) are dropped. A diffusers folder
+  (`save_pretrained` output, with an optional `controlnet/` subfolder) loads directly.
+
+Files: safetensors, or torch.load(weights_only=True); nothing else is unpickled.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+# diffusers name -> ours, applied as substring replacements in this order
+_DIFFUSERS_TO_OURS = (
+    ("time_embed.t_embedder.", "t_embedder.1."),
+    ("time_embed.norm.", "t_embedding_norm."),
+    ("transformer_blocks.", "blocks."),
+    (".norm1.linear_1.", ".adaln_modulation_self_attn.1."),
+    (".norm1.linear_2.", ".adaln_modulation_self_attn.2."),
+    (".norm2.linear_1.", ".adaln_modulation_cross_attn.1."),
+    (".norm2.linear_2.", ".adaln_modulation_cross_attn.2."),
+    (".norm3.linear_1.", ".adaln_modulation_mlp.1."),
+    (".norm3.linear_2.", ".adaln_modulation_mlp.2."),
+    (".attn1.", ".self_attn."),
+    (".attn2.", ".cross_attn."),
+    (".to_q.", ".q_proj."),
+    (".to_k.", ".k_proj."),
+    (".to_v.", ".v_proj."),
+    (".to_out.0.", ".output_proj."),
+    (".norm_q.", ".q_norm."),
+    (".norm_k.", ".k_norm."),
+    (".ff.net.0.proj.", ".mlp.layer1."),
+    (".ff.net.2.", ".mlp.layer2."),
+    ("patch_embed.proj.", "x_embedder.proj.1."),
+    ("norm_out.linear_1.", "final_layer.adaln_modulation.1."),
+    ("norm_out.linear_2.", "final_layer.adaln_modulation.2."),
+    ("proj_out.", "final_layer.linear."),
+)
+_DIFFUSERS_MARKERS = ("transformer_blocks.", "time_embed.", "patch_embed.", "norm_out.", "proj_out.")
+_CONTROLNET = "controlnet."
+_CONTROLNET_COPIES = ("patch_embed_base.", "time_embed.", "crossattn_proj.", "img_context_proj.",
+                      "learnable_pos_embed.")
+# official entries that are not parameters of the network
+_OFFICIAL_DROPPED = ("pos_embedder.", "accum_video_sample_counter", "accum_image_sample_counter", "accum_iteration",
+                     "accum_train_in_hours", "_extra_state")
+
+
+def _replace_all(key: str, pairs) -> str:
+    key = "." + key  # leading dot so patterns anchored on "." also match the first component
+    for old, new in pairs:
+        key = key.replace(old if old.startswith(".") else "." + old, new if new.startswith(".") else "." + new)
+    return key[1:]
+
+
+def from_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """diffusers CosmosTransformer3DModel (+ `controlnet.`-prefixed CosmosControlNetModel) names -> ours."""
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith(_CONTROLNET):
+            sub = key[len(_CONTROLNET):]
+            if sub.startswith(_CONTROLNET_COPIES):
+                continue
+            if sub.startswith("patch_embed.proj."):
+                out["control_embedder.proj.1." + sub[len("patch_embed.proj."):]] = value
+                continue
+            out[_replace_all(sub, _DIFFUSERS_TO_OURS)] = value
+        else:
+            out[_replace_all(key, _DIFFUSERS_TO_OURS)] = value
+    return out
+
+
+def to_diffusers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Ours -> diffusers names (control branch under `controlnet.`); the inverse of from_diffusers
+    (the controlnet's copies of the base embedders are not produced)."""
+    inverse = tuple((new, old) for old, new in reversed(_DIFFUSERS_TO_OURS))
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith("control_embedder.proj.1."):
+            out[_CONTROLNET + "patch_embed.proj." + key[len("control_embedder.proj.1."):]] = value
+        elif key.startswith("control_blocks."):
+            out[_CONTROLNET + _replace_all(key, inverse)] = value
+        else:
+            out[_replace_all(key, inverse)] = value
+    return out
+
+
+def to_official(state_dict: Mapping[str, Tensor], prefix: str = "net.") -> dict[str, Tensor]:
+    """Ours -> the official checkpoint layout (same names under `net.`)."""
+    return {prefix + k: v for k, v in state_dict.items()}
+
+
+def from_official(state_dict: Mapping[str, Tensor], prefer_ema: bool = False) -> dict[str, Tensor]:
+    """Official names (optionally under `net.` / `net_ema.`) -> ours; non-parameter entries dropped."""
+    prefixes = ("net_ema.", "net.") if prefer_ema else ("net.", "net_ema.")
+    for prefix in prefixes:
+        if any(k.startswith(prefix) for k in state_dict):
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            break
+    return {k: v for k, v in state_dict.items() if not _dropped(k)}
+
+
+def _dropped(key: str) -> bool:
+    return key.startswith(_OFFICIAL_DROPPED[0]) or any(m in key for m in _OFFICIAL_DROPPED[1:])
+
+
+def is_diffusers(state_dict: Mapping[str, Tensor]) -> bool:
+    return any(k.startswith(_DIFFUSERS_MARKERS) or k.startswith(_CONTROLNET) for k in state_dict)
+
+
+def to_ours(state_dict: Mapping[str, Tensor], prefer_ema: bool = False) -> dict[str, Tensor]:
+    """Any supported layout (ours, official, diffusers) -> ours."""
+    state_dict = _unwrap(state_dict)
+    if is_diffusers(state_dict):
+        return from_diffusers(state_dict)
+    return from_official(state_dict, prefer_ema=prefer_ema)
+
+
+def _unwrap(obj) -> dict[str, Tensor]:
+    """Training checkpoints nest the weights: {"model": {...}}, {"state_dict": {...}}, {"module": {...}}."""
+    for key in ("model", "state_dict", "module"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping):
+        raise TypeError(f"checkpoint must be a mapping of names to tensors, got {type(obj).__name__}")
+    return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """A state dict from a .safetensors file, a torch file (weights_only=True) or a diffusers folder."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(p.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{p}: no *.safetensors files in this folder")
+        sd = {}
+        for f in files:
+            sd.update(load_file(str(f)))
+        if (p / "controlnet").is_dir():
+            sd.update({_CONTROLNET + k: v for k, v in read_state_dict(p / "controlnet").items()})
+        return sd
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint {p} does not exist")
+    if p.suffix == ".safetensors":
+        return load_file(str(p))
+    return _unwrap(torch.load(str(p), map_location="cpu", weights_only=True))
+
+
+def load_checkpoint(model: nn.Module, path_or_state_dict, *, prefer_ema: bool = False) -> nn.Module:
+    """Load official, diffusers or our names into `model` strictly (missing/unexpected/mis-shaped
+    entries raise, listing them). Works on meta-device models (the tensors are assigned)."""
+    raw = path_or_state_dict if isinstance(path_or_state_dict, Mapping) else read_state_dict(path_or_state_dict)
+    sd = to_ours(raw, prefer_ema=prefer_ema)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    shapes = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
+                    for k in set(sd) & set(expected) if tuple(sd[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or shapes:
+        raise ValueError("load_checkpoint: the checkpoint does not match the model " +
+                         f"({type(model).__name__}, config {getattr(getattr(model, 'config', None), 'name', '?')}):"
+                         + _listing("missing", missing) + _listing("unexpected", unexpected)
+                         + _listing("shape mismatch", shapes))
+    on_meta = any(t.is_meta for t in expected.values())
+    if on_meta:
+        sd = {k: v.to(expected[k].dtype) for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True, assign=on_meta)
+    return model
+
+
+def _listing(what: str, keys: list[str], limit: int = 20) -> str:
+    if not keys:
+        return ""
+    shown = "\n    ".join(keys[:limit])
+    more = f"\n    ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return f"\n  {what} ({len(keys)}):\n    {shown}{more}"
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
+    """Our names, safetensors (config name in the metadata). FSDP2 (DTensor) weights are gathered."""
+    from safetensors.torch import save_file
+
+    sd = {}
+    for k, v in model.state_dict().items():
+        if hasattr(v, "full_tensor"):
+            v = v.full_tensor()
+        sd[k] = v.detach().to("cpu").contiguous()
+    meta = {"format": "cosmos_models"}
+    cfg = getattr(model, "config", None)
+    if cfg is not None:
+        meta["config"] = cfg.name
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(path), metadata=meta)
