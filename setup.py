@@ -78,6 +78,8 @@ setup(
         "ninja>=1.11,<2",
         "nvtx>=0.2.10,<0.3",
         "safetensors>=0.4,<1",
+        "av>=12,<20",
+        "opencv-python-headless>=4.8,<6",
         "diffusers>=0.42,<0.44",
     ],
     extras_require={
