@@ -376,8 +376,9 @@ class DiT(nn.Module):
 
         Every rank must call forward with the same full inputs (the data is replicated over the group,
         as the official trainer broadcasts it); the gradient of the gathered output is then taken as
-        identical on every rank, so each rank back-propagates its own slice. Parameter gradients are
-        partial per rank and must be summed over the group (the trainer's FSDP mesh does it).
+        identical on every rank, so each rank back-propagates its own slice. Gradients of the parameters
+        (and of the replicated inputs) are partial per rank and sum over the group to the full ones
+        (the trainer's FSDP mesh reduces parameter gradients over it).
         """
         if group is not None:
             size = torch.distributed.get_world_size(group)
