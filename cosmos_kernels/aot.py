@@ -41,6 +41,9 @@ class AotSpec:
     num_warps: int = 4
     num_stages: int = 3
     expect_wgmma: bool = False  # True for kernels whose inner loop is tl.dot on H100 tiles
+    # args the runtime specializes as divisible by 16 (16-byte aligned pointers, strides % 16 == 0),
+    # as it does at launch; without this the report would describe unvectorized loads
+    aligned: tuple = ()
 
 
 @dataclass
@@ -92,7 +95,8 @@ def compile_triton(spec: AotSpec, workdir: Path) -> Row:
         f"{k}={v}" for k, v in spec.constexprs.items())
     row = Row(spec.name, cfg)
     try:
-        src = ASTSource(fn=spec.fn, signature=spec.signature, constexprs=spec.constexprs)
+        attrs = {(spec.fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in spec.aligned}
+        src = ASTSource(fn=spec.fn, signature=spec.signature, constexprs=spec.constexprs, attrs=attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                                   options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
     except Exception as exc:  # noqa: BLE001 - report any compiler failure as a row
