@@ -10,6 +10,8 @@ module of its kernel family.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 from cosmos_kernels.dispatch import BACKENDS, BackendUnavailable, backend_for
 
@@ -54,3 +56,17 @@ def _load_all() -> None:
 
 def __dir__():
     return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(types.ModuleType):
+    """The package module. A family module named like its public function
+    (cosmos_kernels.flash_attention) would otherwise replace that function on the package when
+    the import system binds the loaded submodule; the function wins, the module stays importable."""
+
+    def __setattr__(self, name, value):
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == value.__name__:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
