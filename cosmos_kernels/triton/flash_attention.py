@@ -1,0 +1,493 @@
+"""Triton kernels of the flash-attention family (see cosmos_kernels/flash_attention.py for the ops).
+
+Tensors are (B, S, H, D) with any strides but a contiguous last dim; one program owns a tile of
+rows of one (batch, head). Every kernel keeps O(S) memory: scores live only as on-chip tiles.
+
+- forward: online softmax over key blocks (FA2); exp2 with log2(e) folded into the scale; saves
+  the log-sum-exp (natural log, fp32, (B, H, S_q)) for the backward.
+- JVP: the same pass carries the tangent. With tS = (tQ Kᵀ + Q tKᵀ)·scale and c = Σ P⊙tS (the
+  running, normalized value), tO = P·tV + (P⊙(tS − c))·V. The tangent accumulator is kept
+  centered on the running c (re-centered Welford-style as c moves: acc_t −= Δc · acc), so it never
+  forms the difference (P⊙tS)·V − c·O of two large terms: large logits (peaked P, large tS) keep
+  the bf16 rounding of the dot inputs relative to the tangent itself. Two accumulators
+  (acc = P·V, acc_t) plus the row sums l and r, all rescaled by the same online factor.
+- backward (FA2): a preprocess kernel δ = rowsum(dO⊙O) − dlse; a dK/dV kernel per key block
+  looping over query blocks; a dQ kernel per query block looping over key blocks (no atomics).
+
+Key/query loops run the full blocks without masks and the ragged tail with them (MASK constexpr);
+head dims are padded to a power of two (BLOCK_D) with the padding masked (EVEN_D constexpr).
+Dots take the input dtype (bf16/fp16; fp32 inputs use tf32) and accumulate in fp32.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from cosmos_kernels import _alloc
+from cosmos_kernels.aot import AotSpec
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+# Triton 3.9's interpreter multiplies bf16 dot operands as their raw uint16 bits. Under the
+# interpreter only, bf16 operands are widened to fp32 first: exact, so the product and fp32
+# accumulation match the bf16 MMA of the compiled kernel. Compiled kernels never see this branch.
+_WIDEN_BF16_DOTS = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Tile shape and launch parameters of one kernel (the same on H100 and in the interpreter)."""
+    m: int
+    n: int
+    warps: int
+    stages: int
+
+
+# H100 launch configurations, per kernel, per padded head dim (BLOCK_D), for 16-bit inputs and
+# for fp32 inputs (tf32 dots; twice the shared memory per tile). Chosen so the sm_90a compile
+# report shows wgmma and no spills (python -m cosmos_kernels.aot --only flash_attn); the
+# interpreter runs the same tiles. The JVP pass carries two [BLOCK_M, BLOCK_D] fp32 accumulators
+# and the tangent tiles, hence its narrower key blocks.
+CONFIGS = {
+    ("fwd", 2): {32: Blocks(128, 64, 4, 3), 64: Blocks(128, 64, 4, 3), 128: Blocks(128, 128, 8, 2)},
+    ("fwd", 4): {32: Blocks(128, 64, 8, 2), 64: Blocks(128, 64, 8, 2), 128: Blocks(128, 64, 8, 2)},
+    ("jvp", 2): {32: Blocks(128, 64, 8, 2), 64: Blocks(128, 64, 8, 2), 128: Blocks(128, 32, 8, 2)},
+    ("jvp", 4): {32: Blocks(128, 32, 8, 2), 64: Blocks(128, 32, 8, 2), 128: Blocks(128, 16, 8, 2)},
+    ("dkdv", 2): {32: Blocks(64, 128, 8, 2), 64: Blocks(64, 128, 8, 2), 128: Blocks(32, 128, 8, 3)},
+    ("dkdv", 4): {32: Blocks(64, 128, 8, 2), 64: Blocks(64, 128, 8, 2), 128: Blocks(32, 128, 8, 2)},
+    ("dq", 2): {32: Blocks(128, 64, 8, 2), 64: Blocks(128, 64, 8, 2), 128: Blocks(128, 64, 8, 2)},
+    ("dq", 4): {32: Blocks(128, 64, 8, 2), 64: Blocks(128, 64, 8, 2), 128: Blocks(128, 32, 8, 2)},
+}
+PRE = Blocks(64, 0, 4, 1)  # rows per program of the δ preprocess
+
+
+def block_d(head_dim: int) -> int:
+    return max(32, triton.next_power_of_2(head_dim))
+
+
+def config(kernel: str, head_dim: int, dtype: torch.dtype) -> Blocks:
+    return CONFIGS[(kernel, 4 if dtype == torch.float32 else 2)][block_d(head_dim)]
+
+
+# ---------------------------------------------------------------------------------------------
+# tile helpers
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _dot(a, b, acc=None):
+    if _WIDEN_BF16_DOTS:
+        if a.dtype == tl.bfloat16:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _load_rows(ptrs, rows_ok, d_ok, MASK: tl.constexpr, EVEN_D: tl.constexpr):
+    """Load a [R, BLOCK_D] tile; rows masked only when MASK, columns only when D is padded."""
+    if MASK:
+        if EVEN_D:
+            x = tl.load(ptrs, mask=rows_ok[:, None], other=0.0)
+        else:
+            x = tl.load(ptrs, mask=rows_ok[:, None] & d_ok[None, :], other=0.0)
+    else:
+        if EVEN_D:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=d_ok[None, :], other=0.0)
+    return x
+
+
+@triton.jit
+def _store_rows(ptrs, val, rows_ok, d_ok, EVEN_D: tl.constexpr):
+    if EVEN_D:
+        tl.store(ptrs, val, mask=rows_ok[:, None])
+    else:
+        tl.store(ptrs, val, mask=rows_ok[:, None] & d_ok[None, :])
+
+
+# ---------------------------------------------------------------------------------------------
+# forward
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_block(acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, offs_n, S_k, offs_d, qk_scale,
+               HEAD_DIM: tl.constexpr, MASK: tl.constexpr, EVEN_D: tl.constexpr):
+    n_ok = start_n + offs_n < S_k
+    d_ok = offs_d < HEAD_DIM
+    k = _load_rows(k_ptrs, n_ok, d_ok, MASK, EVEN_D)
+    v = _load_rows(v_ptrs, n_ok, d_ok, MASK, EVEN_D)
+    s = _dot(q, tl.trans(k)) * qk_scale  # log2 units
+    if MASK:
+        s = tl.where(n_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _attn_fwd(Q, K, V, O, LSE,
+              sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
+              n_heads, S_q, S_k, qk_scale,
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+    bh = tl.program_id(1)
+    b = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < S_q
+    d_ok = offs_d < HEAD_DIM
+    q = _load_rows(Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :], m_ok, d_ok, True, EVEN_D)
+    k_ptrs = K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :]
+    v_ptrs = V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :]
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    n_full = (S_k // BLOCK_N) * BLOCK_N
+    for start_n in range(0, n_full, BLOCK_N):
+        acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, k_ptrs + start_n * sks, v_ptrs + start_n * svs, start_n,
+                                   offs_n, S_k, offs_d, qk_scale, HEAD_DIM, False, EVEN_D)
+    if n_full < S_k:
+        acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, k_ptrs + n_full * sks, v_ptrs + n_full * svs, n_full,
+                                   offs_n, S_k, offs_d, qk_scale, HEAD_DIM, True, EVEN_D)
+
+    out = acc / l_i[:, None]
+    _store_rows(O + b * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :], out.to(O.dtype.element_ty),
+                m_ok, d_ok, EVEN_D)
+    tl.store(LSE + bh.to(tl.int64) * S_q + offs_m, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, mask=m_ok)
+
+
+# ---------------------------------------------------------------------------------------------
+# forward + JVP in one pass
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _jvp_block(acc, acc_t, l_i, r_i, m_i, c_i, q, tq, k_ptrs, tk_ptrs, v_ptrs, tv_ptrs, start_n, offs_n, S_k,
+               offs_d, qk_scale, scale, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, EVEN_D: tl.constexpr):
+    n_ok = start_n + offs_n < S_k
+    d_ok = offs_d < HEAD_DIM
+    k = _load_rows(k_ptrs, n_ok, d_ok, MASK, EVEN_D)
+    tk = _load_rows(tk_ptrs, n_ok, d_ok, MASK, EVEN_D)
+    kt = tl.trans(k)
+    s = _dot(q, kt) * qk_scale  # log2 units
+    ts = _dot(tq, kt, _dot(q, tl.trans(tk))) * scale  # tangent of the natural-unit scores
+    if MASK:
+        s = tl.where(n_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    r_i = r_i * alpha + tl.sum(p * ts, 1)
+    c_new = r_i / l_i
+    # re-center the old tangent sum on c_new (it held Σ P(tS − c_i)V + P tV), then rescale both
+    acc_t = acc_t * alpha[:, None] - ((c_new - c_i) * alpha)[:, None] * acc
+    v = _load_rows(v_ptrs, n_ok, d_ok, MASK, EVEN_D)
+    tv = _load_rows(tv_ptrs, n_ok, d_ok, MASK, EVEN_D)
+    pv = p.to(v.dtype)
+    acc = acc * alpha[:, None] + _dot(pv, v)
+    acc_t = _dot(pv, tv, acc_t)
+    acc_t = _dot((p * (ts - c_new[:, None])).to(v.dtype), v, acc_t)
+    return acc, acc_t, l_i, r_i, m_new, c_new
+
+
+@triton.jit
+def _attn_jvp(Q, K, V, TQ, TK, TV, O, TO, LSE, TLSE,
+              sqb, sqs, sqh, skb, sks, skh, svb, svs, svh,
+              stqb, stqs, stqh, stkb, stks, stkh, stvb, stvs, stvh, sob, sos, soh,
+              n_heads, S_q, S_k, qk_scale, scale,
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+    bh = tl.program_id(1)
+    b = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < S_q
+    d_ok = offs_d < HEAD_DIM
+    q = _load_rows(Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :], m_ok, d_ok, True, EVEN_D)
+    tq = _load_rows(TQ + b * stqb + h * stqh + offs_m[:, None] * stqs + offs_d[None, :], m_ok, d_ok, True, EVEN_D)
+    k_ptrs = K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :]
+    v_ptrs = V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :]
+    tk_ptrs = TK + b * stkb + h * stkh + offs_n[:, None] * stks + offs_d[None, :]
+    tv_ptrs = TV + b * stvb + h * stvh + offs_n[:, None] * stvs + offs_d[None, :]
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    r_i = tl.zeros([BLOCK_M], tl.float32)
+    c_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc_t = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    n_full = (S_k // BLOCK_N) * BLOCK_N
+    for start_n in range(0, n_full, BLOCK_N):
+        acc, acc_t, l_i, r_i, m_i, c_i = _jvp_block(
+            acc, acc_t, l_i, r_i, m_i, c_i, q, tq, k_ptrs + start_n * sks, tk_ptrs + start_n * stks,
+            v_ptrs + start_n * svs, tv_ptrs + start_n * stvs, start_n, offs_n, S_k, offs_d, qk_scale, scale,
+            HEAD_DIM, False, EVEN_D)
+    if n_full < S_k:
+        acc, acc_t, l_i, r_i, m_i, c_i = _jvp_block(
+            acc, acc_t, l_i, r_i, m_i, c_i, q, tq, k_ptrs + n_full * sks, tk_ptrs + n_full * stks,
+            v_ptrs + n_full * svs, tv_ptrs + n_full * stvs, n_full, offs_n, S_k, offs_d, qk_scale, scale,
+            HEAD_DIM, True, EVEN_D)
+
+    inv_l = 1.0 / l_i
+    row = b * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :]
+    _store_rows(O + row, (acc * inv_l[:, None]).to(O.dtype.element_ty), m_ok, d_ok, EVEN_D)
+    _store_rows(TO + row, (acc_t * inv_l[:, None]).to(TO.dtype.element_ty), m_ok, d_ok, EVEN_D)
+    lrow = bh.to(tl.int64) * S_q + offs_m
+    tl.store(LSE + lrow, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, mask=m_ok)
+    tl.store(TLSE + lrow, c_i, mask=m_ok)
+
+
+# ---------------------------------------------------------------------------------------------
+# backward
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _bwd_preprocess(O, DO, DLSE, DELTA, sob, sos, soh, sdob, sdos, sdoh, n_heads, S_q,
+                    HAS_DLSE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+    bh = tl.program_id(1)
+    b = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < S_q
+    d_ok = offs_d < HEAD_DIM
+    o = _load_rows(O + b * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :], m_ok, d_ok, True, EVEN_D)
+    do = _load_rows(DO + b * sdob + h * sdoh + offs_m[:, None] * sdos + offs_d[None, :], m_ok, d_ok, True, EVEN_D)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    lrow = bh.to(tl.int64) * S_q + offs_m
+    if HAS_DLSE:
+        delta -= tl.load(DLSE + lrow, mask=m_ok, other=0.0)
+    tl.store(DELTA + lrow, delta, mask=m_ok)
+
+
+@triton.jit
+def _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, start_m, offs_m, S_q, offs_d, qk_scale,
+                HEAD_DIM: tl.constexpr, MASK: tl.constexpr, EVEN_D: tl.constexpr):
+    m_ok = start_m + offs_m < S_q
+    d_ok = offs_d < HEAD_DIM
+    q = _load_rows(q_ptrs, m_ok, d_ok, MASK, EVEN_D)
+    do = _load_rows(do_ptrs, m_ok, d_ok, MASK, EVEN_D)
+    if MASK:
+        lse2 = tl.load(lse_ptrs, mask=m_ok, other=0.0) * 1.4426950408889634
+        delta = tl.load(delta_ptrs, mask=m_ok, other=0.0)
+    else:
+        lse2 = tl.load(lse_ptrs) * 1.4426950408889634
+        delta = tl.load(delta_ptrs)
+    pt = tl.math.exp2(_dot(k, tl.trans(q)) * qk_scale - lse2[None, :])  # Pᵀ: [BLOCK_N, BLOCK_M]
+    if MASK:
+        pt = tl.where(m_ok[None, :], pt, 0.0)
+    dv = _dot(pt.to(do.dtype), do, dv)
+    dpt = _dot(v, tl.trans(do))
+    dst = pt * (dpt - delta[None, :])
+    dk = _dot(dst.to(q.dtype), q, dk)
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
+                   sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sdob, sdos, sdoh,
+                   sdkb, sdks, sdkh, sdvb, sdvs, sdvh,
+                   n_heads, S_q, S_k, qk_scale, scale,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+    bh = tl.program_id(1)
+    b = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    n_ok = offs_n < S_k
+    d_ok = offs_d < HEAD_DIM
+    k = _load_rows(K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :], n_ok, d_ok, True, EVEN_D)
+    v = _load_rows(V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :], n_ok, d_ok, True, EVEN_D)
+    q_ptrs = Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :]
+    do_ptrs = DO + b * sdob + h * sdoh + offs_m[:, None] * sdos + offs_d[None, :]
+    lse_ptrs = LSE + bh.to(tl.int64) * S_q + offs_m
+    delta_ptrs = DELTA + bh.to(tl.int64) * S_q + offs_m
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    m_full = (S_q // BLOCK_M) * BLOCK_M
+    for start_m in range(0, m_full, BLOCK_M):
+        dk, dv = _dkdv_block(dk, dv, k, v, q_ptrs + start_m * sqs, do_ptrs + start_m * sdos, lse_ptrs + start_m,
+                             delta_ptrs + start_m, start_m, offs_m, S_q, offs_d, qk_scale, HEAD_DIM, False, EVEN_D)
+    if m_full < S_q:
+        dk, dv = _dkdv_block(dk, dv, k, v, q_ptrs + m_full * sqs, do_ptrs + m_full * sdos, lse_ptrs + m_full,
+                             delta_ptrs + m_full, m_full, offs_m, S_q, offs_d, qk_scale, HEAD_DIM, True, EVEN_D)
+
+    _store_rows(DK + b * sdkb + h * sdkh + offs_n[:, None] * sdks + offs_d[None, :],
+                (dk * scale).to(DK.dtype.element_ty), n_ok, d_ok, EVEN_D)
+    _store_rows(DV + b * sdvb + h * sdvh + offs_n[:, None] * sdvs + offs_d[None, :],
+                dv.to(DV.dtype.element_ty), n_ok, d_ok, EVEN_D)
+
+
+@triton.jit
+def _dq_block(dq, q, do, lse2, delta, k_ptrs, v_ptrs, start_n, offs_n, S_k, offs_d, qk_scale,
+              HEAD_DIM: tl.constexpr, MASK: tl.constexpr, EVEN_D: tl.constexpr):
+    n_ok = start_n + offs_n < S_k
+    d_ok = offs_d < HEAD_DIM
+    k = _load_rows(k_ptrs, n_ok, d_ok, MASK, EVEN_D)
+    v = _load_rows(v_ptrs, n_ok, d_ok, MASK, EVEN_D)
+    p = tl.math.exp2(_dot(q, tl.trans(k)) * qk_scale - lse2[:, None])
+    if MASK:
+        p = tl.where(n_ok[None, :], p, 0.0)
+    dp = _dot(do, tl.trans(v))
+    ds = p * (dp - delta[:, None])
+    return _dot(ds.to(k.dtype), k, dq)
+
+
+@triton.jit
+def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
+                 sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sdob, sdos, sdoh, sdqb, sdqs, sdqh,
+                 n_heads, S_q, S_k, qk_scale, scale,
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+    bh = tl.program_id(1)
+    b = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < S_q
+    d_ok = offs_d < HEAD_DIM
+    q = _load_rows(Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :], m_ok, d_ok, True, EVEN_D)
+    do = _load_rows(DO + b * sdob + h * sdoh + offs_m[:, None] * sdos + offs_d[None, :], m_ok, d_ok, True, EVEN_D)
+    lrow = bh.to(tl.int64) * S_q + offs_m
+    lse2 = tl.load(LSE + lrow, mask=m_ok, other=0.0) * 1.4426950408889634
+    delta = tl.load(DELTA + lrow, mask=m_ok, other=0.0)
+    k_ptrs = K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :]
+    v_ptrs = V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :]
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    n_full = (S_k // BLOCK_N) * BLOCK_N
+    for start_n in range(0, n_full, BLOCK_N):
+        dq = _dq_block(dq, q, do, lse2, delta, k_ptrs + start_n * sks, v_ptrs + start_n * svs, start_n, offs_n,
+                       S_k, offs_d, qk_scale, HEAD_DIM, False, EVEN_D)
+    if n_full < S_k:
+        dq = _dq_block(dq, q, do, lse2, delta, k_ptrs + n_full * sks, v_ptrs + n_full * svs, n_full, offs_n,
+                       S_k, offs_d, qk_scale, HEAD_DIM, True, EVEN_D)
+    _store_rows(DQ + b * sdqb + h * sdqh + offs_m[:, None] * sdqs + offs_d[None, :],
+                (dq * scale).to(DQ.dtype.element_ty), m_ok, d_ok, EVEN_D)
+
+
+# ---------------------------------------------------------------------------------------------
+# launchers
+# ---------------------------------------------------------------------------------------------
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _meta(head_dim: int, cfg: Blocks) -> dict:
+    return dict(HEAD_DIM=head_dim, BLOCK_D=block_d(head_dim), BLOCK_M=cfg.m, BLOCK_N=cfg.n,
+                num_warps=cfg.warps, num_stages=cfg.stages)
+
+
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
+    B, S_q, H, D = q.shape
+    S_k = k.shape[1]
+    out = _alloc.empty_like(q)
+    lse = _alloc.empty(B, H, S_q, dtype=torch.float32, device=q.device)
+    cfg = config("fwd", D, q.dtype)
+    grid = (triton.cdiv(S_q, cfg.m), B * H)
+    _attn_fwd[grid](q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+                    H, S_q, S_k, scale * LOG2E, **_meta(D, cfg))
+    return out, lse
+
+
+def forward_jvp(q, k, v, q_t, k_t, v_t, scale: float):
+    B, S_q, H, D = q.shape
+    S_k = k.shape[1]
+    out = _alloc.empty_like(q)
+    out_t = _alloc.empty_like(q)
+    lse = _alloc.empty(B, H, S_q, dtype=torch.float32, device=q.device)
+    lse_t = _alloc.empty(B, H, S_q, dtype=torch.float32, device=q.device)
+    cfg = config("jvp", D, q.dtype)
+    grid = (triton.cdiv(S_q, cfg.m), B * H)
+    _attn_jvp[grid](q, k, v, q_t, k_t, v_t, out, out_t, lse, lse_t,
+                    *_strides(q), *_strides(k), *_strides(v), *_strides(q_t), *_strides(k_t), *_strides(v_t),
+                    *_strides(out), H, S_q, S_k, scale * LOG2E, scale, **_meta(D, cfg))
+    return out, out_t, lse, lse_t
+
+
+def backward(grad, q, k, v, out, lse, scale: float, grad_lse=None):
+    B, S_q, H, D = q.shape
+    S_k = k.shape[1]
+    delta = _alloc.empty(B, H, S_q, dtype=torch.float32, device=q.device)
+    _bwd_preprocess[(triton.cdiv(S_q, PRE.m), B * H)](
+        out, grad, grad_lse if grad_lse is not None else delta, delta, *_strides(out), *_strides(grad), H, S_q,
+        HAS_DLSE=grad_lse is not None, HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_M=PRE.m, num_warps=PRE.warps)
+    dq, dk, dv = _alloc.empty_like(q), _alloc.empty_like(k), _alloc.empty_like(v)
+    cfg = config("dkdv", D, q.dtype)
+    _attn_bwd_dkdv[(triton.cdiv(S_k, cfg.n), B * H)](
+        q, k, v, grad, lse, delta, dk, dv, *_strides(q), *_strides(k), *_strides(v), *_strides(grad),
+        *_strides(dk), *_strides(dv), H, S_q, S_k, scale * LOG2E, scale, **_meta(D, cfg))
+    cfg = config("dq", D, q.dtype)
+    _attn_bwd_dq[(triton.cdiv(S_q, cfg.m), B * H)](
+        q, k, v, grad, lse, delta, dq, *_strides(q), *_strides(k), *_strides(v), *_strides(grad), *_strides(dq),
+        H, S_q, S_k, scale * LOG2E, scale, **_meta(D, cfg))
+    return dq, dk, dv
+
+
+# ---------------------------------------------------------------------------------------------
+# H100 launch configurations for the sm_90a compile report
+# ---------------------------------------------------------------------------------------------
+_FP32_POINTERS = {"LSE", "TLSE", "DELTA", "DLSE"}
+_FLOAT_SCALARS = {"qk_scale", "scale"}
+AOT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# every BLOCK_D bucket with an unpadded head dim, plus one padded head dim (D=96 in BLOCK_D=128)
+AOT_HEAD_DIMS = (32, 64, 128)
+AOT_PADDED = (("bf16", 96),)
+
+
+def _signature(fn, dtype: str, constexprs: dict) -> dict:
+    """Argument types as the runtime sees them: upper-case names are pointers (the data dtype, or
+    fp32 for the row statistics), the scales are fp32, every other argument an i32 size/stride."""
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name.isupper():
+            sig[name] = "*fp32" if name in _FP32_POINTERS else f"*{dtype}"
+        else:
+            sig[name] = "fp32" if name in _FLOAT_SCALARS else "i32"
+    return sig
+
+
+def _spec(label: str, fn, dtype: str, head_dim: int, cfg: Blocks, wgmma: bool = True, **extra) -> AotSpec:
+    const = {"HEAD_DIM": head_dim, "BLOCK_D": block_d(head_dim), "BLOCK_M": cfg.m} | extra
+    if cfg.n:
+        const["BLOCK_N"] = cfg.n
+    # pointers are 16-byte aligned and strides multiples of 16 (D % 16 == 0) at every launch
+    aligned = tuple(a for a in fn.arg_names if a not in const
+                    and (a.isupper() or (a.startswith("s") and a not in _FLOAT_SCALARS)))
+    return AotSpec(f"flash_attn_{label}[{dtype},D={head_dim}]", fn, _signature(fn, dtype, const), const,
+                   num_warps=cfg.warps, num_stages=cfg.stages, expect_wgmma=wgmma, aligned=aligned)
+
+
+def _aot_specs() -> list[AotSpec]:
+    cases = [(dt, d) for dt in AOT_DTYPES for d in AOT_HEAD_DIMS] + list(AOT_PADDED)
+    specs = []
+    for dt, d in cases:
+        torch_dtype = AOT_DTYPES[dt]
+        specs += [
+            _spec("fwd", _attn_fwd, dt, d, config("fwd", d, torch_dtype)),
+            _spec("jvp", _attn_jvp, dt, d, config("jvp", d, torch_dtype)),
+            _spec("bwd_pre", _bwd_preprocess, dt, d, PRE, wgmma=False, HAS_DLSE=False),
+            _spec("bwd_pre_dlse", _bwd_preprocess, dt, d, PRE, wgmma=False, HAS_DLSE=True),
+            _spec("bwd_dkdv", _attn_bwd_dkdv, dt, d, config("dkdv", d, torch_dtype)),
+            _spec("bwd_dq", _attn_bwd_dq, dt, d, config("dq", d, torch_dtype)),
+        ]
+    return specs
+
+
+AOT_SPECS = _aot_specs()
