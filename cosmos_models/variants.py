@@ -67,7 +67,9 @@ class _ActionMlp(nn.Module):
         self.fc2 = nn.Linear(hidden, out_features)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.activation(self.fc1(x)))
+        # in x's precision (fp32 with the AdaLN path, whatever the weights' dtype); called as a module so
+        # FSDP2 hooks on it fire
+        return _linear(self.fc2, self.activation(_linear(self.fc1, x)))
 
 
 class ActionDiT(DiT):
@@ -98,8 +100,8 @@ class ActionDiT(DiT):
             raise ValueError(f"action has shape {tuple(action.shape)}; expected (B, {k}*(T-1), {a}) = "
                              f"{(B, k * (frames - 1), a)} for T={frames} latent frames")
         grouped = action.to(mod_dtype).reshape(B, frames - 1, k * a)
-        emb_d = F.pad(_fp(self.action_embedder_B_D, grouped), (0, 0, 1, 0))    # first latent frame: zeros
-        emb_3d = F.pad(_fp(self.action_embedder_B_3D, grouped), (0, 0, 1, 0))
+        emb_d = F.pad(self.action_embedder_B_D(grouped), (0, 0, 1, 0))    # first latent frame: zeros
+        emb_3d = F.pad(self.action_embedder_B_3D(grouped), (0, 0, 1, 0))
         if condition_video_input_mask is not None:  # no action on conditioning frames
             cond = condition_video_input_mask.to(mod_dtype)
             keep = 1 - cond.expand(B, 1, frames, *cond.shape[-2:])[:, 0, :, 0, 0]
@@ -107,7 +109,3 @@ class ActionDiT(DiT):
         emb, lora = self._raw_time_embedding(timesteps_B_T, mod_dtype)
         return self.t_embedding_norm(emb + emb_d), lora + emb_3d
 
-
-def _fp(mlp: _ActionMlp, x: Tensor) -> Tensor:
-    """The action MLP in x's precision (fp32 with the AdaLN path, whatever the weights' dtype)."""
-    return _linear(mlp.fc2, mlp.activation(_linear(mlp.fc1, x)))
