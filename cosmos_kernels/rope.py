@@ -147,6 +147,18 @@ def _impl(backend: str):
     return ref
 
 
+def _rows(t):
+    """The kernels read rows with unit stride (other strides are free): gradients and tangents
+    that autograd hands over may be expanded (stride 0) and are made so here."""
+    if t is None or t.dim() == 0 or t.shape[-1] <= 1 or t.stride(-1) == 1:
+        return t
+    return t.contiguous()
+
+
+def _vec(t):
+    return None if t is None else t.contiguous()
+
+
 def _contiguous(*outs):
     # every backend returns contiguous outputs (the fake implementations promise it)
     return tuple(o.contiguous() for o in outs)
@@ -249,7 +261,7 @@ def rope3d_freqs(grid=None, head_dim: int = 128, *, h_extrapolation_ratio: float
 # ---------------------------------------------------------------------------------------------
 @torch.library.custom_op("cosmos_kernels::apply_rope3d", mutates_args=())
 def _apply_rope3d_op(x: Tensor, freqs: Tensor, backend: str) -> Tensor:
-    return _impl(backend).apply_rope3d(x, freqs).contiguous()
+    return _impl(backend).apply_rope3d(_rows(x), _rows(freqs)).contiguous()
 
 
 @_apply_rope3d_op.register_fake
@@ -259,7 +271,7 @@ def _(x, freqs, backend):
 
 @torch.library.custom_op("cosmos_kernels::apply_rope3d_bwd", mutates_args=())
 def _apply_rope3d_bwd_op(grad: Tensor, freqs: Tensor, backend: str) -> Tensor:
-    return _impl(backend).apply_rope3d_backward(grad, freqs).contiguous()
+    return _impl(backend).apply_rope3d_backward(_rows(grad), _rows(freqs)).contiguous()
 
 
 @_apply_rope3d_bwd_op.register_fake
@@ -278,9 +290,9 @@ def _rope_backward(ctx, grad):
     return _apply_rope3d_bwd_op(grad, freqs, ctx.backend), None, None
 
 
-def _rope_jvp(ctx, tx, tfreqs, _backend):
-    if tfreqs is not None:
-        raise ValueError("apply_rope3d: freqs has a tangent, but the angle table is not differentiated")
+def _rope_jvp(ctx, tx, _tfreqs, _backend):
+    # freqs is not differentiated (the boundary rejects freqs that require grad; torch.func passes
+    # materialized zero tangents for constants, so its tangent is ignored here)
     _, freqs = ctx.saved_tensors
     # RoPE is linear in x: the tangent is RoPE of the tangent
     return _apply_rope3d_op(tx, freqs, ctx.backend)
@@ -308,7 +320,8 @@ def apply_rope3d(x: Tensor, freqs: Tensor, *, backend: str | None = None) -> Ten
 @torch.library.custom_op("cosmos_kernels::qk_norm_rope", mutates_args=())
 def _qk_norm_rope_op(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, freqs: Optional[Tensor],
                      eps: float, backend: str) -> tuple[Tensor, Tensor]:
-    return _contiguous(*_impl(backend).qk_norm_rope(q, k, q_weight, k_weight, freqs, eps))
+    return _contiguous(*_impl(backend).qk_norm_rope(_rows(q), _rows(k), _vec(q_weight), _vec(k_weight),
+                                                    _rows(freqs), eps))
 
 
 @_qk_norm_rope_op.register_fake
@@ -320,7 +333,8 @@ def _(q, k, q_weight, k_weight, freqs, eps, backend):
 def _qk_norm_rope_bwd_op(grad_q: Tensor, grad_k: Tensor, q: Tensor, k: Tensor, q_weight: Tensor,
                          k_weight: Tensor, freqs: Optional[Tensor], eps: float,
                          backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _contiguous(*_impl(backend).qk_norm_rope_backward(grad_q, grad_k, q, k, q_weight, k_weight, freqs, eps))
+    return _contiguous(*_impl(backend).qk_norm_rope_backward(
+        _rows(grad_q), _rows(grad_k), _rows(q), _rows(k), _vec(q_weight), _vec(k_weight), _rows(freqs), eps))
 
 
 @_qk_norm_rope_bwd_op.register_fake
@@ -334,6 +348,8 @@ def _qk_norm_rope_jvp_op(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tenso
                          tq_weight: Optional[Tensor], tk_weight: Optional[Tensor], freqs: Optional[Tensor],
                          eps: float, backend: str) -> tuple[Tensor, Tensor]:
     impl = _impl(backend)
+    q, k, tq, tk, freqs = _rows(q), _rows(k), _rows(tq), _rows(tk), _rows(freqs)
+    q_weight, k_weight, tq_weight, tk_weight = map(_vec, (q_weight, k_weight, tq_weight, tk_weight))
     if impl is not ref:  # the kernels read a weight tangent row; a missing one is zero
         tq_weight = torch.zeros_like(q_weight) if tq_weight is None else tq_weight
         tk_weight = torch.zeros_like(k_weight) if tk_weight is None else tk_weight
@@ -359,9 +375,8 @@ def _qk_backward(ctx, grad_q, grad_k):
     return dq, dk, dqw, dkw, None, None, None
 
 
-def _qk_jvp(ctx, tq, tk, tq_weight, tk_weight, tfreqs, _eps, _backend):
-    if tfreqs is not None:
-        raise ValueError("qk_norm_rope: freqs has a tangent, but the angle table is not differentiated")
+def _qk_jvp(ctx, tq, tk, tq_weight, tk_weight, _tfreqs, _eps, _backend):
+    # freqs is not differentiated: its (zero) tangent is ignored, as in _rope_jvp
     saved = ctx.saved_tensors  # the tensor inputs in order: q, k, q_weight, k_weight[, freqs]
     q, k, q_weight, k_weight = saved[:4]
     freqs = saved[4] if ctx.has_freqs else None
@@ -379,7 +394,9 @@ def qk_norm_rope(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, freqs
 
     q (B, Sq, H, D) and k (B, Sk, Hk, D) share dtype, device and D; with `freqs` (S, D) both need
     Sq == Sk == S; `freqs=None` skips RoPE (cross-attention: k holds the text tokens). Math in fp32
-    (the official use_wan_fp32_strategy), outputs in the input dtype, contiguous.
+    (the official use_wan_fp32_strategy), outputs in the input dtype, contiguous. The official code
+    rounds the norm's output to the activation dtype before its fp32 RoPE; the fused pass keeps fp32
+    throughout (one rounding fewer, within the bf16 tolerance of it).
     """
     op = "qk_norm_rope"
     _check_heads(op, "q", q)
