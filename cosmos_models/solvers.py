@@ -18,6 +18,7 @@ Grid (`flow_sigmas`): `linspace(σ_max, σ_min, N + 1)[:-1]` with the official �
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
@@ -48,12 +49,12 @@ def flow_sigmas(num_steps: int = DEFAULT_STEPS, shift: float = DEFAULT_SHIFT, *,
 
     The defaults are the official scheduler's. diffusers' `use_flow_sigmas` grid is
     `sigma_max=1, sigma_min=1/1000` with its first σ lowered by 1e-6 (σ = 1 has no log-SNR)."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 1:
         raise ValueError(f"flow_sigmas: num_steps must be an int >= 1, got {num_steps!r}")
     if not 0.0 <= sigma_min < sigma_max < 1.0:
         raise ValueError(f"flow_sigmas: need 0 <= sigma_min < sigma_max < 1, got sigma_min={sigma_min!r}, "
                          f"sigma_max={sigma_max!r} (sigma = 1 is pure noise, where the log-SNR is -inf)")
-    base = torch.linspace(sigma_max, sigma_min, num_steps + 1, dtype=torch.float64)[:-1]
+    base = torch.linspace(sigma_max, sigma_min, int(num_steps) + 1, dtype=torch.float64)[:-1]
     return torch.cat([shift_sigma(base, shift), base.new_zeros(1)])
 
 
@@ -66,7 +67,7 @@ def official_timesteps(sigmas: torch.Tensor | Sequence[float]) -> torch.Tensor:
 
 
 def _check_shift(shift: float) -> None:
-    if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
+    if isinstance(shift, bool) or not isinstance(shift, numbers.Real) or not (math.isfinite(shift) and shift > 0):
         raise ValueError(f"shift must be a finite number > 0, got {shift!r}")
 
 
@@ -250,7 +251,7 @@ def sample(velocity: Velocity, noise: torch.Tensor, sigmas: torch.Tensor | Seque
 # ----------------------------------------------------------------------------- guidance, conditioning
 def check_guidance(guidance: float) -> float:
     """A guidance scale is a finite number >= 0."""
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) \
+    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not math.isfinite(guidance) \
             or guidance < 0:
         raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r} "
                          "(0 = the conditional prediction alone; the official default is 7)")

@@ -7,6 +7,7 @@ MPEG-4 part 2 where this FFmpeg build has no H.264 encoder; images: anything FFm
 """
 from __future__ import annotations
 
+import numbers
 import os
 from fractions import Fraction
 
@@ -79,7 +80,7 @@ def write_video(path: str | os.PathLike, video: torch.Tensor, fps: float, *, lay
     if frames.shape[0] == 1:
         frames = frames.expand(3, -1, -1, -1)
     _, t, h, w = frames.shape
-    if not (isinstance(fps, (int, float)) and not isinstance(fps, bool) and 0 < fps < 1000):
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not 0 < fps < 1000:
         raise ValueError(f"write_video: fps must be a number in (0, 1000), got {fps!r}")
     if t == 0:
         raise ValueError("write_video: video has no frames")
@@ -89,7 +90,7 @@ def write_video(path: str | os.PathLike, video: torch.Tensor, fps: float, *, lay
     codec = codec or default_codec()
     data = to_uint8(frames).permute(1, 2, 3, 0).cpu().contiguous().numpy()  # (T, H, W, 3)
     with av.open(os.fspath(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream = container.add_stream(codec, rate=Fraction(float(fps)).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         if codec == "libx264":
             stream.options = {"crf": str(int(crf))}
