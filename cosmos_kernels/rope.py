@@ -18,6 +18,7 @@ cover the same inputs.
 from __future__ import annotations
 
 import numbers
+from contextlib import nullcontext
 from typing import Optional
 
 import torch
@@ -73,7 +74,7 @@ class _Cuda:
         out = _alloc.empty(*x.shape, dtype=x.dtype, device=x.device)
         rows = x.shape[0] * x.shape[1] * x.shape[2]
         per_part, parts, _ = cls._split(rows, 0, cls.PARTS_FWD)
-        with torch.cuda.device(x.device) if x.is_cuda else _nullcontext():
+        with torch.cuda.device(x.device) if x.is_cuda else nullcontext():
             _ext._C.rope_apply(cls._desc(x, out, parts=parts), freqs.data_ptr(), freqs.stride(0), x.shape[3] // 2,
                                per_part, transposed, cls._device(x), _ext.stream_of(x))
         return out
@@ -88,7 +89,7 @@ class _Cuda:
 
     @classmethod
     def _qk(cls, mode, q, k, descs, freqs, eps, per_part):
-        with torch.cuda.device(q.device) if q.is_cuda else _nullcontext():
+        with torch.cuda.device(q.device) if q.is_cuda else nullcontext():
             _ext._C.rope_qk_norm(mode, descs[0], descs[1], freqs.data_ptr() if freqs is not None else 0,
                                  freqs.stride(0) if freqs is not None else 0, q.shape[3] // 2, eps, per_part,
                                  cls._device(q), _ext.stream_of(q))
@@ -128,14 +129,6 @@ class _Cuda:
                  cls._desc(k, tk_out, aux=tk, w=k_weight, tw=tkw, parts=pk))
         cls._qk(cls.JVP, q, k, descs, freqs, eps, per_part)
         return tq_out, tk_out
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _impl(backend: str):
@@ -200,7 +193,7 @@ def _check_freqs(op: str, freqs, S: int, D: int, backend: str) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 def _fps_value(fps) -> float:
     if isinstance(fps, Tensor):
-        if fps.numel() == 0 or not fps.is_floating_point() and fps.dtype not in (torch.int32, torch.int64):
+        if fps.numel() == 0 or (not fps.is_floating_point() and fps.dtype not in (torch.int32, torch.int64)):
             raise TypeError(f"rope3d_freqs: fps tensor must be a non-empty number tensor, got {fps.dtype} "
                             f"of shape {tuple(fps.shape)}")
         flat = fps.flatten()
