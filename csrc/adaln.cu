@@ -18,7 +18,8 @@
 
 namespace ck {
 namespace adaln {
-namespace {
+// A named namespace (not an anonymous one): the compile report reads kernel names from ptxas.
+namespace kernels {
 
 constexpr int kWarp = 32;
 // Elements of a row per thread in the row kernels: 16 with 16-byte accesses; 8 on the scalar
@@ -426,7 +427,9 @@ void dispatch(const RowParams& p, int dtype, F&& f) {
   }
 }
 
-}  // namespace
+}  // namespace kernels
+
+using namespace kernels;
 
 void adaln_fwd_cuda(const RowParams& p, int dtype, uintptr_t stream) {
   check_row(p, dtype);
