@@ -1,12 +1,13 @@
 // AdaLN family, CUDA kernels (sm_90a) over the per-row math of adaln.cuh.
 //
-// Row kernels (adaln_fwd/bwd/jvp): grid (chunks, B*T); a block walks a chunk of one frame's rows
+// Row kernels (adaln_fwd/bwd/jvp): grid (B*T, chunks); a block walks a chunk of one frame's rows
 // one row at a time, each thread holding up to 16 elements of the row in registers (kVecs
 // vectors of V elements: 16-byte loads when the row is aligned, else scalars), with warp-shuffle
 // + shared-memory block reductions for the row statistics. The backward keeps each thread's
 // columns' dshift/dscale/dgate partial sums in registers across the chunk and writes them once
 // per chunk; a second small kernel sums the chunks in order (deterministic, no atomics).
-// gated_residual kernels: grid (chunks, B*T, column blocks), one vector of columns per thread.
+// gated_residual kernels: grid (B*T, chunks, column blocks), one vector of columns per thread.
+// (B*T on x, whose limit is 2^31 - 1; chunks <= TARGET_PROGRAMS of cosmos_kernels/adaln.py on y.)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -136,9 +137,9 @@ template <class E, int V, bool kResidual>
 __global__ void __launch_bounds__(max_row_threads(V), 1) adaln_fwd_kernel(RowParams p) {
   constexpr int kVecs = row_elems(V) / V;
   __shared__ float red[kWarp];
-  const int64_t bt = blockIdx.y, mod = bt * p.D;
+  const int64_t bt = blockIdx.x, mod = bt * p.D;
   const int nvec = p.D / V;
-  const RowRange rr = chunk_rows(blockIdx.x, (p.N + p.chunks - 1) / p.chunks, p.N);
+  const RowRange rr = chunk_rows(blockIdx.y, (p.N + p.chunks - 1) / p.chunks, p.N);
   for (int n = rr.begin; n < rr.end; ++n) {
     const int64_t row = bt * p.N + n, base = row * p.D;
     float x[kVecs][V];
@@ -182,9 +183,9 @@ __global__ void __launch_bounds__(max_row_threads(V), 1) adaln_bwd_kernel(RowPar
   constexpr int kVecs = row_elems(V) / V;
   constexpr int kAcc = kResidual ? 3 : 2;
   __shared__ float red[2 * kWarp];
-  const int64_t bt = blockIdx.y, mod = bt * p.D;
+  const int64_t bt = blockIdx.x, mod = bt * p.D;
   const int nvec = p.D / V;
-  const RowRange rr = chunk_rows(blockIdx.x, (p.N + p.chunks - 1) / p.chunks, p.N);
+  const RowRange rr = chunk_rows(blockIdx.y, (p.N + p.chunks - 1) / p.chunks, p.N);
   float acc[kAcc][kVecs][V];
 #pragma unroll
   for (int a = 0; a < kAcc; ++a)
@@ -241,7 +242,7 @@ __global__ void __launch_bounds__(max_row_threads(V), 1) adaln_bwd_kernel(RowPar
       Io<E, V>::store(p.dx, base + j * V, dx);
     }
   }
-  float* part = p.part + (bt * p.chunks + blockIdx.x) * 3 * int64_t(p.D);
+  float* part = p.part + (bt * p.chunks + blockIdx.y) * 3 * int64_t(p.D);
 #pragma unroll
   for (int k = 0; k < kVecs; ++k) {
     const int j = threadIdx.x + k * blockDim.x;
@@ -255,9 +256,9 @@ template <class E, int V, bool kResidual>
 __global__ void __launch_bounds__(max_row_threads(V), 1) adaln_jvp_kernel(RowParams p) {
   constexpr int kVecs = row_elems(V) / V;
   __shared__ float red[2 * kWarp];
-  const int64_t bt = blockIdx.y, mod = bt * p.D;
+  const int64_t bt = blockIdx.x, mod = bt * p.D;
   const int nvec = p.D / V;
-  const RowRange rr = chunk_rows(blockIdx.x, (p.N + p.chunks - 1) / p.chunks, p.N);
+  const RowRange rr = chunk_rows(blockIdx.y, (p.N + p.chunks - 1) / p.chunks, p.N);
   for (int n = rr.begin; n < rr.end; ++n) {
     const int64_t base = (bt * p.N + n) * p.D;
     float x[kVecs][V], tx[kVecs][V];
@@ -317,8 +318,8 @@ template <class E, int V>
 __global__ void __launch_bounds__(256) gated_residual_fwd_kernel(RowParams p) {
   const int j = blockIdx.z * blockDim.x + threadIdx.x;
   if (j >= p.D / V) return;
-  const int64_t bt = blockIdx.y;
-  const RowRange rr = chunk_rows(blockIdx.x, (p.N + p.chunks - 1) / p.chunks, p.N);
+  const int64_t bt = blockIdx.x;
+  const RowRange rr = chunk_rows(blockIdx.y, (p.N + p.chunks - 1) / p.chunks, p.N);
   float g[V];
   Io<F32, V>::load(p.gate, bt * p.D + j * V, g);
 #pragma unroll 4
@@ -338,8 +339,8 @@ template <class E, int V>
 __global__ void __launch_bounds__(256) gated_residual_bwd_kernel(RowParams p) {
   const int j = blockIdx.z * blockDim.x + threadIdx.x;
   if (j >= p.D / V) return;
-  const int64_t bt = blockIdx.y;
-  const RowRange rr = chunk_rows(blockIdx.x, (p.N + p.chunks - 1) / p.chunks, p.N);
+  const int64_t bt = blockIdx.x;
+  const RowRange rr = chunk_rows(blockIdx.y, (p.N + p.chunks - 1) / p.chunks, p.N);
   float g[V], acc[V];
   Io<F32, V>::load(p.gate, bt * p.D + j * V, g);
 #pragma unroll
@@ -357,7 +358,7 @@ __global__ void __launch_bounds__(256) gated_residual_bwd_kernel(RowParams p) {
     }
     Io<E, V>::store(p.dy, off, dy);
   }
-  Io<F32, V>::store(p.part, (bt * p.chunks + blockIdx.x) * int64_t(p.D) + j * V, acc);
+  Io<F32, V>::store(p.part, (bt * p.chunks + blockIdx.y) * int64_t(p.D) + j * V, acc);
 }
 
 __global__ void __launch_bounds__(256) sum_partials_kernel(const float* part, float* sums, int64_t frames,
@@ -399,8 +400,6 @@ void check_row(const RowParams& p, int dtype) {
     throw std::invalid_argument("adaln: D=" + std::to_string(p.D) + " > " + std::to_string(kMaxScalarRowD) +
                                 " needs 16-byte aligned rows (D a multiple of " +
                                 std::to_string(dtype == kFloat32 ? 4 : 8) + ")");
-  if (int64_t(p.B) * p.T > 65535)
-    throw std::invalid_argument("adaln: B*T=" + std::to_string(int64_t(p.B) * p.T) + " exceeds the grid limit 65535");
 }
 
 void sum_chunks(const RowParams& p, int64_t width, cudaStream_t s) {
@@ -437,7 +436,7 @@ void adaln_fwd_cuda(const RowParams& p, int dtype, uintptr_t stream) {
   dispatch(p, dtype, [&](auto e, auto v) {
     using E = decltype(e);
     constexpr int V = decltype(v)::value;
-    dim3 grid(p.chunks, p.B * p.T);
+    dim3 grid(p.B * p.T, p.chunks);
     if (p.residual)
       adaln_fwd_kernel<E, V, true><<<grid, row_block(p.D, V), 0, s>>>(p);
     else
@@ -452,7 +451,7 @@ void adaln_bwd_cuda(const RowParams& p, int dtype, uintptr_t stream) {
   dispatch(p, dtype, [&](auto e, auto v) {
     using E = decltype(e);
     constexpr int V = decltype(v)::value;
-    dim3 grid(p.chunks, p.B * p.T);
+    dim3 grid(p.B * p.T, p.chunks);
     if (p.residual)
       adaln_bwd_kernel<E, V, true><<<grid, row_block(p.D, V), 0, s>>>(p);
     else
@@ -468,7 +467,7 @@ void adaln_jvp_cuda(const RowParams& p, int dtype, uintptr_t stream) {
   dispatch(p, dtype, [&](auto e, auto v) {
     using E = decltype(e);
     constexpr int V = decltype(v)::value;
-    dim3 grid(p.chunks, p.B * p.T);
+    dim3 grid(p.B * p.T, p.chunks);
     if (p.residual)
       adaln_jvp_kernel<E, V, true><<<grid, row_block(p.D, V), 0, s>>>(p);
     else
@@ -484,7 +483,7 @@ void gated_residual_fwd_cuda(const RowParams& p, int dtype, uintptr_t stream) {
   dispatch(p, dtype, [&](auto e, auto v) {
     using E = decltype(e);
     constexpr int V = decltype(v)::value;
-    dim3 grid(p.chunks, p.B * p.T, (p.D / V + kGrThreads - 1) / kGrThreads);
+    dim3 grid(p.B * p.T, p.chunks, (p.D / V + kGrThreads - 1) / kGrThreads);
     gated_residual_fwd_kernel<E, V><<<grid, kGrThreads, 0, s>>>(p);
   });
   CK_CUDA_CHECK(cudaGetLastError());
@@ -495,7 +494,7 @@ void gated_residual_bwd_cuda(const RowParams& p, int dtype, uintptr_t stream) {
   dispatch(p, dtype, [&](auto e, auto v) {
     using E = decltype(e);
     constexpr int V = decltype(v)::value;
-    dim3 grid(p.chunks, p.B * p.T, (p.D / V + kGrThreads - 1) / kGrThreads);
+    dim3 grid(p.B * p.T, p.chunks, (p.D / V + kGrThreads - 1) / kGrThreads);
     gated_residual_bwd_kernel<E, V><<<grid, kGrThreads, 0, s>>>(p);
   });
   CK_CUDA_CHECK(cudaGetLastError());
