@@ -101,6 +101,7 @@ def gated_residual_backward(grad: torch.Tensor, y: torch.Tensor, gate: torch.Ten
 
 
 def _gr_specs() -> list[AotSpec]:
+    """The gated residual at the H100 configs (names start with the family, for --only adaln)."""
     specs = []
     const = {"BLOCK_N": GR_BLOCK_N, "BLOCK_D": GR_BLOCK_D}
     cx = dict.fromkeys(const, "constexpr")
@@ -108,11 +109,11 @@ def _gr_specs() -> list[AotSpec]:
         p, m = f"*{dt}", f"*{mt}"
         cfg = f"[{dt},mod={mt}]"
         specs.append(AotSpec(
-            f"gated_residual_fwd{cfg}", _gated_residual_fwd,
+            f"adaln:gated_residual_fwd{cfg}", _gated_residual_fwd,
             {"X": p, "Y": p, "G": m, "OUT": p} | dict.fromkeys(["T", "N", "D", "sgb", "sgt"], "i32") | cx,
             const, num_warps=GR_WARPS))
         specs.append(AotSpec(
-            f"gated_residual_bwd{cfg}", _gated_residual_bwd,
+            f"adaln:gated_residual_bwd{cfg}", _gated_residual_bwd,
             {"GRAD": p, "Y": p, "G": m, "DY": p, "PART": "*fp32"}
             | dict.fromkeys(["T", "N", "D", "rows_per_prog", "n_chunks", "sgb", "sgt"], "i32") | cx,
             const, num_warps=GR_WARPS))
@@ -330,20 +331,20 @@ def _row_specs() -> list[AotSpec]:
                 const = {"D": D, "HAS_RESIDUAL": residual, "BLOCK_D": block}
                 cx = {"D": "constexpr", "HAS_RESIDUAL": "constexpr", "BLOCK_D": "constexpr"}
                 specs.append(AotSpec(
-                    f"{tag}_fwd{cfg}", _adaln_fwd,
+                    f"adaln:{tag}_fwd{cfg}", _adaln_fwd,
                     dict(zip(["X", "Y", "G", "SHIFT", "SCALE", "XNEW", "H", "MEAN", "RSTD"],
                              [p, p, m, m, m, p, p, "*fp32", "*fp32"]))
                     | dict.fromkeys(["T", "N", "rows_per_prog"], "i32") | {"eps": "fp32"}
                     | dict.fromkeys(["sgb", "sgt", "sshb", "ssht", "sscb", "ssct"], "i32") | cx,
                     const, num_warps=warps))
                 specs.append(AotSpec(
-                    f"{tag}_bwd{cfg}", _adaln_bwd,
+                    f"adaln:{tag}_bwd{cfg}", _adaln_bwd,
                     dict(zip(["DXN", "DH", "XN", "Y", "G", "SCALE", "MEAN", "RSTD", "DX", "DY", "PART"],
                              [p, p, p, p, m, m, "*fp32", "*fp32", p, p, "*fp32"]))
                     | dict.fromkeys(["T", "N", "rows_per_prog", "n_chunks", "sgb", "sgt", "sscb", "ssct"], "i32")
                     | cx, const, num_warps=warps))
                 specs.append(AotSpec(
-                    f"{tag}_jvp{cfg}", _adaln_jvp,
+                    f"adaln:{tag}_jvp{cfg}", _adaln_jvp,
                     dict(zip(["X", "Y", "G", "SCALE", "TX", "TY", "TG", "TSHIFT", "TSCALE", "TXN", "TH"],
                              [p, p, m, m, p, p, m, m, m, p, p]))
                     | dict.fromkeys(["T", "N", "rows_per_prog"], "i32") | {"eps": "fp32"} | cx,
