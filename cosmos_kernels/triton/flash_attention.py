@@ -103,6 +103,13 @@ def _load_rows(ptrs, rows_ok, d_ok, MASK: tl.constexpr, EVEN_D: tl.constexpr):
 
 
 @triton.jit
+def _tile(ptr, start, rows, stride, offs_d):
+    """Pointers to rows start + rows of a [rows, D] tile. The start row enters in int64 (sequences
+    times strides can pass 2^31); offsets inside the tile stay int32."""
+    return ptr + start.to(tl.int64) * stride + rows[:, None] * stride + offs_d[None, :]
+
+
+@triton.jit
 def _store_rows(ptrs, val, rows_ok, d_ok, EVEN_D: tl.constexpr):
     if EVEN_D:
         tl.store(ptrs, val, mask=rows_ok[:, None])
@@ -140,12 +147,14 @@ def _attn_fwd(Q, K, V, O, LSE,
     bh = tl.program_id(1)
     b = (bh // n_heads).to(tl.int64)
     h = (bh % n_heads).to(tl.int64)
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    start_m = tl.program_id(0) * BLOCK_M
+    rows = tl.arange(0, BLOCK_M)
+    offs_m = start_m + rows
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < S_q
     d_ok = offs_d < HEAD_DIM
-    q = _load_rows(Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :], m_ok, d_ok, True, EVEN_D)
+    q = _load_rows(_tile(Q + b * sqb + h * sqh, start_m, rows, sqs, offs_d), m_ok, d_ok, True, EVEN_D)
     k_ptrs = K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :]
     v_ptrs = V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :]
 
@@ -154,14 +163,16 @@ def _attn_fwd(Q, K, V, O, LSE,
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     n_full = (S_k // BLOCK_N) * BLOCK_N
     for start_n in range(0, n_full, BLOCK_N):
-        acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, k_ptrs + start_n * sks, v_ptrs + start_n * svs, start_n,
+        acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n,
                                    offs_n, S_k, offs_d, qk_scale, HEAD_DIM, False, EVEN_D)
+        k_ptrs += BLOCK_N * sks
+        v_ptrs += BLOCK_N * svs
     if n_full < S_k:
-        acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, k_ptrs + n_full * sks, v_ptrs + n_full * svs, n_full,
+        acc, l_i, m_i = _fwd_block(acc, l_i, m_i, q, k_ptrs, v_ptrs, n_full,
                                    offs_n, S_k, offs_d, qk_scale, HEAD_DIM, True, EVEN_D)
 
     out = acc / l_i[:, None]
-    _store_rows(O + b * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :], out.to(O.dtype.element_ty),
+    _store_rows(_tile(O + b * sob + h * soh, start_m, rows, sos, offs_d), out.to(O.dtype.element_ty),
                 m_ok, d_ok, EVEN_D)
     tl.store(LSE + bh.to(tl.int64) * S_q + offs_m, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, mask=m_ok)
 
@@ -208,13 +219,15 @@ def _attn_jvp(Q, K, V, TQ, TK, TV, O, TO, LSE, TLSE,
     bh = tl.program_id(1)
     b = (bh // n_heads).to(tl.int64)
     h = (bh % n_heads).to(tl.int64)
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    start_m = tl.program_id(0) * BLOCK_M
+    rows = tl.arange(0, BLOCK_M)
+    offs_m = start_m + rows
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < S_q
     d_ok = offs_d < HEAD_DIM
-    q = _load_rows(Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :], m_ok, d_ok, True, EVEN_D)
-    tq = _load_rows(TQ + b * stqb + h * stqh + offs_m[:, None] * stqs + offs_d[None, :], m_ok, d_ok, True, EVEN_D)
+    q = _load_rows(_tile(Q + b * sqb + h * sqh, start_m, rows, sqs, offs_d), m_ok, d_ok, True, EVEN_D)
+    tq = _load_rows(_tile(TQ + b * stqb + h * stqh, start_m, rows, stqs, offs_d), m_ok, d_ok, True, EVEN_D)
     k_ptrs = K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :]
     v_ptrs = V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :]
     tk_ptrs = TK + b * stkb + h * stkh + offs_n[:, None] * stks + offs_d[None, :]
@@ -229,17 +242,19 @@ def _attn_jvp(Q, K, V, TQ, TK, TV, O, TO, LSE, TLSE,
     n_full = (S_k // BLOCK_N) * BLOCK_N
     for start_n in range(0, n_full, BLOCK_N):
         acc, acc_t, l_i, r_i, m_i, c_i = _jvp_block(
-            acc, acc_t, l_i, r_i, m_i, c_i, q, tq, k_ptrs + start_n * sks, tk_ptrs + start_n * stks,
-            v_ptrs + start_n * svs, tv_ptrs + start_n * stvs, start_n, offs_n, S_k, offs_d, qk_scale, scale,
-            HEAD_DIM, False, EVEN_D)
+            acc, acc_t, l_i, r_i, m_i, c_i, q, tq, k_ptrs, tk_ptrs, v_ptrs, tv_ptrs, start_n, offs_n, S_k,
+            offs_d, qk_scale, scale, HEAD_DIM, False, EVEN_D)
+        k_ptrs += BLOCK_N * sks
+        tk_ptrs += BLOCK_N * stks
+        v_ptrs += BLOCK_N * svs
+        tv_ptrs += BLOCK_N * stvs
     if n_full < S_k:
         acc, acc_t, l_i, r_i, m_i, c_i = _jvp_block(
-            acc, acc_t, l_i, r_i, m_i, c_i, q, tq, k_ptrs + n_full * sks, tk_ptrs + n_full * stks,
-            v_ptrs + n_full * svs, tv_ptrs + n_full * stvs, n_full, offs_n, S_k, offs_d, qk_scale, scale,
-            HEAD_DIM, True, EVEN_D)
+            acc, acc_t, l_i, r_i, m_i, c_i, q, tq, k_ptrs, tk_ptrs, v_ptrs, tv_ptrs, n_full, offs_n, S_k,
+            offs_d, qk_scale, scale, HEAD_DIM, True, EVEN_D)
 
     inv_l = 1.0 / l_i
-    row = b * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :]
+    row = _tile(b * sob + h * soh, start_m, rows, sos, offs_d)
     _store_rows(O + row, (acc * inv_l[:, None]).to(O.dtype.element_ty), m_ok, d_ok, EVEN_D)
     _store_rows(TO + row, (acc_t * inv_l[:, None]).to(TO.dtype.element_ty), m_ok, d_ok, EVEN_D)
     lrow = bh.to(tl.int64) * S_q + offs_m
@@ -257,12 +272,14 @@ def _bwd_preprocess(O, DO, DLSE, DELTA, sob, sos, soh, sdob, sdos, sdoh, n_heads
     bh = tl.program_id(1)
     b = (bh // n_heads).to(tl.int64)
     h = (bh % n_heads).to(tl.int64)
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    start_m = tl.program_id(0) * BLOCK_M
+    rows = tl.arange(0, BLOCK_M)
+    offs_m = start_m + rows
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < S_q
     d_ok = offs_d < HEAD_DIM
-    o = _load_rows(O + b * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :], m_ok, d_ok, True, EVEN_D)
-    do = _load_rows(DO + b * sdob + h * sdoh + offs_m[:, None] * sdos + offs_d[None, :], m_ok, d_ok, True, EVEN_D)
+    o = _load_rows(_tile(O + b * sob + h * soh, start_m, rows, sos, offs_d), m_ok, d_ok, True, EVEN_D)
+    do = _load_rows(_tile(DO + b * sdob + h * sdoh, start_m, rows, sdos, offs_d), m_ok, d_ok, True, EVEN_D)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     lrow = bh.to(tl.int64) * S_q + offs_m
     if HAS_DLSE:
@@ -303,13 +320,15 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
     bh = tl.program_id(1)
     b = (bh // n_heads).to(tl.int64)
     h = (bh % n_heads).to(tl.int64)
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    start_n = tl.program_id(0) * BLOCK_N
+    rows = tl.arange(0, BLOCK_N)
+    offs_n = start_n + rows
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     n_ok = offs_n < S_k
     d_ok = offs_d < HEAD_DIM
-    k = _load_rows(K + b * skb + h * skh + offs_n[:, None] * sks + offs_d[None, :], n_ok, d_ok, True, EVEN_D)
-    v = _load_rows(V + b * svb + h * svh + offs_n[:, None] * svs + offs_d[None, :], n_ok, d_ok, True, EVEN_D)
+    k = _load_rows(_tile(K + b * skb + h * skh, start_n, rows, sks, offs_d), n_ok, d_ok, True, EVEN_D)
+    v = _load_rows(_tile(V + b * svb + h * svh, start_n, rows, svs, offs_d), n_ok, d_ok, True, EVEN_D)
     q_ptrs = Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :]
     do_ptrs = DO + b * sdob + h * sdoh + offs_m[:, None] * sdos + offs_d[None, :]
     lse_ptrs = LSE + bh.to(tl.int64) * S_q + offs_m
@@ -319,15 +338,19 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     m_full = (S_q // BLOCK_M) * BLOCK_M
     for start_m in range(0, m_full, BLOCK_M):
-        dk, dv = _dkdv_block(dk, dv, k, v, q_ptrs + start_m * sqs, do_ptrs + start_m * sdos, lse_ptrs + start_m,
-                             delta_ptrs + start_m, start_m, offs_m, S_q, offs_d, qk_scale, HEAD_DIM, False, EVEN_D)
+        dk, dv = _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, start_m, offs_m, S_q, offs_d,
+                             qk_scale, HEAD_DIM, False, EVEN_D)
+        q_ptrs += BLOCK_M * sqs
+        do_ptrs += BLOCK_M * sdos
+        lse_ptrs += BLOCK_M
+        delta_ptrs += BLOCK_M
     if m_full < S_q:
-        dk, dv = _dkdv_block(dk, dv, k, v, q_ptrs + m_full * sqs, do_ptrs + m_full * sdos, lse_ptrs + m_full,
-                             delta_ptrs + m_full, m_full, offs_m, S_q, offs_d, qk_scale, HEAD_DIM, True, EVEN_D)
+        dk, dv = _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, m_full, offs_m, S_q, offs_d,
+                             qk_scale, HEAD_DIM, True, EVEN_D)
 
-    _store_rows(DK + b * sdkb + h * sdkh + offs_n[:, None] * sdks + offs_d[None, :],
+    _store_rows(_tile(DK + b * sdkb + h * sdkh, start_n, rows, sdks, offs_d),
                 (dk * scale).to(DK.dtype.element_ty), n_ok, d_ok, EVEN_D)
-    _store_rows(DV + b * sdvb + h * sdvh + offs_n[:, None] * sdvs + offs_d[None, :],
+    _store_rows(_tile(DV + b * sdvb + h * sdvh, start_n, rows, sdvs, offs_d),
                 dv.to(DV.dtype.element_ty), n_ok, d_ok, EVEN_D)
 
 
@@ -355,13 +378,15 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
     bh = tl.program_id(1)
     b = (bh // n_heads).to(tl.int64)
     h = (bh % n_heads).to(tl.int64)
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    start_m = tl.program_id(0) * BLOCK_M
+    rows = tl.arange(0, BLOCK_M)
+    offs_m = start_m + rows
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < S_q
     d_ok = offs_d < HEAD_DIM
-    q = _load_rows(Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :], m_ok, d_ok, True, EVEN_D)
-    do = _load_rows(DO + b * sdob + h * sdoh + offs_m[:, None] * sdos + offs_d[None, :], m_ok, d_ok, True, EVEN_D)
+    q = _load_rows(_tile(Q + b * sqb + h * sqh, start_m, rows, sqs, offs_d), m_ok, d_ok, True, EVEN_D)
+    do = _load_rows(_tile(DO + b * sdob + h * sdoh, start_m, rows, sdos, offs_d), m_ok, d_ok, True, EVEN_D)
     lrow = bh.to(tl.int64) * S_q + offs_m
     lse2 = tl.load(LSE + lrow, mask=m_ok, other=0.0) * 1.4426950408889634
     delta = tl.load(DELTA + lrow, mask=m_ok, other=0.0)
@@ -371,12 +396,14 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     n_full = (S_k // BLOCK_N) * BLOCK_N
     for start_n in range(0, n_full, BLOCK_N):
-        dq = _dq_block(dq, q, do, lse2, delta, k_ptrs + start_n * sks, v_ptrs + start_n * svs, start_n, offs_n,
-                       S_k, offs_d, qk_scale, HEAD_DIM, False, EVEN_D)
+        dq = _dq_block(dq, q, do, lse2, delta, k_ptrs, v_ptrs, start_n, offs_n, S_k, offs_d, qk_scale,
+                       HEAD_DIM, False, EVEN_D)
+        k_ptrs += BLOCK_N * sks
+        v_ptrs += BLOCK_N * svs
     if n_full < S_k:
-        dq = _dq_block(dq, q, do, lse2, delta, k_ptrs + n_full * sks, v_ptrs + n_full * svs, n_full, offs_n,
-                       S_k, offs_d, qk_scale, HEAD_DIM, True, EVEN_D)
-    _store_rows(DQ + b * sdqb + h * sdqh + offs_m[:, None] * sdqs + offs_d[None, :],
+        dq = _dq_block(dq, q, do, lse2, delta, k_ptrs, v_ptrs, n_full, offs_n, S_k, offs_d, qk_scale,
+                       HEAD_DIM, True, EVEN_D)
+    _store_rows(_tile(DQ + b * sdqb + h * sdqh, start_m, rows, sdqs, offs_d),
                 (dq * scale).to(DQ.dtype.element_ty), m_ok, d_ok, EVEN_D)
 
 
