@@ -50,7 +50,7 @@ class Blocks:
 
 # H100 launch configurations, per kernel, per padded head dim (BLOCK_D), for 16-bit inputs and
 # for fp32 inputs (tf32 dots; twice the shared memory per tile). Chosen so the sm_90a compile
-# report shows wgmma and no spills (python -m cosmos_kernels.aot --only flash_attn); the
+# report shows wgmma and no spills (python -m cosmos_kernels.aot --only flash_attention); the
 # interpreter runs the same tiles. The JVP pass carries two [BLOCK_M, BLOCK_D] fp32 accumulators
 # and the tangent tiles, hence its narrower key blocks.
 CONFIGS = {
@@ -497,7 +497,7 @@ def _spec(label: str, fn, dtype: str, head_dim: int, cfg: Blocks, wgmma: bool = 
     # pointers are 16-byte aligned and strides multiples of 16 (D % 16 == 0) at every launch
     aligned = tuple(a for a in fn.arg_names if a not in const
                     and (a.isupper() or (a.startswith("s") and a not in _FLOAT_SCALARS)))
-    return AotSpec(f"flash_attn_{label}[{dtype},D={head_dim}]", fn, _signature(fn, dtype, const), const,
+    return AotSpec(f"flash_attention:{label}[{dtype},D={head_dim}]", fn, _signature(fn, dtype, const), const,
                    num_warps=cfg.warps, num_stages=cfg.stages, expect_wgmma=wgmma, aligned=aligned)
 
 
