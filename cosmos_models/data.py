@@ -1,0 +1,576 @@
+"""Training data: clips from a folder of real video files, sidecar text embeddings, resumable
+sharded batches, joint image/video batches, and a generator of small synthetic videos.
+
+Folder layout (files found recursively, sorted by path, so every rank sees the same list):
+
+    clip.mp4                 a video (.mp4, .webm, .mkv, .mov, .avi), or an image for image datasets
+    clip.pt                  its text embedding, shape (L, C) (or (1, L, C)); also clip.safetensors
+                             or clip.npy. A .pt/.safetensors file holds one tensor, or several with
+                             the one named "embedding". Stored dtype is kept (bf16 stays bf16).
+    clip.latent.pt           optional cached VAE latents (C, t, h, w) of the clip (or {"latent": ...});
+                             when present and of the right shape the video is not decoded.
+
+Clips: `num_frames` frames (93 by default) at `fps` (16), resampled by frame timestamps (each target
+time takes the nearest decoded frame, so 30 fps is thinned and 8 fps is repeated), resized with
+the aspect ratio kept until the frame covers the stage resolution, then center-cropped to it
+(`RESOLUTIONS`); float in [−1, 1], (3, T, H, W). Images are 1-frame clips (3, 1, H, W).
+
+A file that cannot be opened or decoded, or is shorter than a clip, is skipped with one
+`DataWarning` (once per file and process; files found bad when the dataset is built are dropped
+from it, so with DataLoader workers they still warn once).
+
+Order and resume: `ShardedSampler` permutes the file list per epoch with (seed, epoch) and hands
+rank r every world_size-th entry; `ClipLoader` batches one rank's shard and counts the batches it
+has handed out, so `state_dict()` -> {epoch, position, seed, ...} and `load_state_dict` resume at the
+next batch exactly (clip starts are drawn from (seed, epoch, index), not from a running stream).
+Context-parallel ranks of one group must get the same data: shard over data-parallel ranks only.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from fractions import Fraction
+
+import av
+import numpy as np
+import torch
+from torch import Tensor
+
+from cosmos_models import video_io
+from cosmos_models.vae import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION
+
+# Stage resolutions, (H, W) in pixels: 256p is 320×192, 480p 832×480, 720p 1280×704 (W×H).
+RESOLUTIONS: dict[str, tuple[int, int]] = {"256p": (192, 320), "480p": (480, 832), "720p": (704, 1280)}
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi")
+IMAGE_EXTENSIONS = video_io.IMAGE_EXTENSIONS
+TEXT_SUFFIXES = (".pt", ".safetensors", ".npy")
+LATENT_SUFFIX = ".latent.pt"
+DEFAULT_NUM_FRAMES = 93
+DEFAULT_FPS = 16.0
+DEFAULT_TEXT_LEN = 512
+CLIP_STARTS = ("random", "start", "center")
+
+
+class DataWarning(UserWarning):
+    """A data file was skipped (corrupt, too short, missing sidecar)."""
+
+
+def resolve_resolution(resolution: str | Sequence[int]) -> tuple[int, int]:
+    """"256p" / "480p" / "720p" or an (H, W) pair -> (H, W)."""
+    if isinstance(resolution, str):
+        if resolution not in RESOLUTIONS:
+            raise ValueError(f"resolution {resolution!r} is not one of {sorted(RESOLUTIONS)}; or pass (H, W)")
+        return RESOLUTIONS[resolution]
+    if (isinstance(resolution, Sequence) and len(resolution) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in resolution)):
+        return int(resolution[0]), int(resolution[1])
+    raise ValueError(f"resolution must be one of {sorted(RESOLUTIONS)} or (H, W) positive ints, got {resolution!r}")
+
+
+def _seed_for(*parts: int) -> int:
+    """A 63-bit seed mixed from small ints (stable across processes and Python runs)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+# ----------------------------------------------------------------------------- decoding
+class ClipError(Exception):
+    """This file cannot give a clip (unreadable, no video stream, too short)."""
+
+
+def probe_video(path: str) -> tuple[float, float]:
+    """(span, period) in seconds: span = time of the last frame − time of the first; period = one
+    source frame. From the container's metadata, or by reading the packets where it has none."""
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise ClipError("no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            period = 1.0 / float(rate) if rate else None
+            if stream.frames and rate:
+                return (stream.frames - 1) / float(rate), period
+            if stream.duration and stream.time_base and period:
+                return max(0.0, float(stream.duration * stream.time_base) - period), period
+            if container.duration and period:
+                return max(0.0, container.duration / av.time_base - period), period
+            times = sorted(float(p.pts * p.time_base) for p in container.demux(stream) if p.pts is not None)
+    except ClipError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - FFmpeg reports damage as many error types
+        raise ClipError(f"cannot read it ({type(exc).__name__}: {exc})") from None
+    if not times:
+        raise ClipError("no video frames")
+    gaps = np.diff(times)
+    period = float(np.median(gaps)) if len(gaps) else (period or 1.0)
+    return times[-1] - times[0], period
+
+
+def _cover_size(h: int, w: int, out_h: int, out_w: int) -> tuple[int, int]:
+    """Smallest aspect-preserving size that covers (out_h, out_w)."""
+    scale = max(out_h / h, out_w / w)
+    return max(out_h, round(h * scale)), max(out_w, round(w * scale))
+
+
+def _to_rgb(frame: av.VideoFrame, out_h: int, out_w: int) -> np.ndarray:
+    """Resize (shorter side, aspect kept) and center-crop one frame to (out_h, out_w, 3) uint8."""
+    nh, nw = _cover_size(frame.height, frame.width, out_h, out_w)
+    shrink = nh * nw < frame.height * frame.width
+    rgb = frame.reformat(width=nw, height=nh, format="rgb24",
+                         interpolation="AREA" if shrink else "BICUBIC").to_ndarray()
+    top, left = (nh - out_h) // 2, (nw - out_w) // 2
+    return rgb[top:top + out_h, left:left + out_w]
+
+
+def decode_clip(path: str, num_frames: int, fps: float, size: tuple[int, int], start: float = 0.0) -> Tensor:
+    """(3, num_frames, H, W) uint8: the frames nearest to the times start + k/fps (seconds from the
+    stream's first frame), resized and center-cropped to size = (H, W). Raises ClipError."""
+    out_h, out_w = size
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise ClipError("no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            rate = stream.average_rate or stream.guessed_rate
+            tolerance = 0.5 / float(rate) if rate else 0.5 / fps
+            tb = stream.time_base or Fraction(1, 1)
+            origin = float(stream.start_time * tb) if stream.start_time is not None else None
+            if start > 0 and origin is not None:
+                # lands on the key frame at or before start; frames before it are skipped below
+                container.seek(int((origin + start) / tb), stream=stream, backward=True, any_frame=False)
+            targets = [start + k / fps for k in range(num_frames)]
+            picked: list[np.ndarray] = []
+            prev = prev_time = prev_rgb = None
+            for index, frame in enumerate(container.decode(stream)):
+                ft = float(frame.pts * tb) if frame.pts is not None else index * (2 * tolerance)
+                if origin is None:
+                    origin = ft
+                ft -= origin
+                cur_rgb = None
+                while len(picked) < num_frames and ft >= targets[len(picked)] - 1e-9:
+                    target = targets[len(picked)]
+                    if prev is not None and target - prev_time <= ft - target:
+                        prev_rgb = prev_rgb if prev_rgb is not None else _to_rgb(prev, out_h, out_w)
+                        picked.append(prev_rgb)
+                    else:
+                        cur_rgb = cur_rgb if cur_rgb is not None else _to_rgb(frame, out_h, out_w)
+                        picked.append(cur_rgb)
+                if len(picked) == num_frames:
+                    break
+                prev, prev_time, prev_rgb = frame, ft, cur_rgb
+            # past the last frame: it still covers half a source period
+            while (len(picked) < num_frames and prev is not None
+                   and targets[len(picked)] - prev_time <= tolerance + 1e-6):
+                prev_rgb = prev_rgb if prev_rgb is not None else _to_rgb(prev, out_h, out_w)
+                picked.append(prev_rgb)
+    except ClipError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - FFmpeg reports damage as many error types
+        raise ClipError(f"cannot decode it ({type(exc).__name__}: {exc})") from None
+    if len(picked) < num_frames:
+        raise ClipError(f"too short: {len(picked)} of {num_frames} frames at {fps} fps from {start:.3f} s")
+    return torch.from_numpy(np.stack(picked)).permute(3, 0, 1, 2).contiguous()
+
+
+# ----------------------------------------------------------------------------- sidecars
+def _single_tensor(obj, key: str, path: str) -> Tensor:
+    if isinstance(obj, Tensor):
+        return obj
+    if isinstance(obj, dict):
+        if key in obj and isinstance(obj[key], Tensor):
+            return obj[key]
+        tensors = [v for v in obj.values() if isinstance(v, Tensor)]
+        if len(tensors) == 1:
+            return tensors[0]
+    raise ClipError(f"{path} holds no single tensor and none named {key!r}")
+
+
+def load_sidecar(path: str, key: str) -> Tensor:
+    """A tensor from a .pt / .safetensors / .npy file (one tensor, or the one named `key`)."""
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            return _single_tensor(load_file(path), key, path)
+        if path.endswith(".npy"):
+            return torch.from_numpy(np.load(path, allow_pickle=False))
+        return _single_tensor(torch.load(path, map_location="cpu", weights_only=True, mmap=True), key, path)
+    except ClipError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ClipError(f"cannot load {path} ({type(exc).__name__}: {exc})") from None
+
+
+def text_sidecar(video_path: str) -> str | None:
+    stem = os.path.splitext(video_path)[0]
+    for suffix in TEXT_SUFFIXES:
+        if os.path.isfile(stem + suffix):
+            return stem + suffix
+    return None
+
+
+def fit_text(embedding: Tensor, length: int | None) -> Tensor:
+    """(L, C) (or (1, L, C)) -> (length, C): truncated, or zero-padded at the end."""
+    if embedding.dim() == 3 and embedding.shape[0] == 1:
+        embedding = embedding[0]
+    if embedding.dim() != 2:
+        raise ClipError(f"text embedding must be (L, C), got shape {tuple(embedding.shape)}")
+    if length is None or embedding.shape[0] == length:
+        return embedding.contiguous()
+    if embedding.shape[0] > length:
+        return embedding[:length].contiguous()
+    pad = embedding.new_zeros(length - embedding.shape[0], embedding.shape[1])
+    return torch.cat([embedding, pad])
+
+
+def _find_files(root: str, extensions: Sequence[str]) -> list[str]:
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        found += [os.path.join(folder, f) for f in files if os.path.splitext(f)[1].lower() in extensions]
+    return sorted(found)
+
+
+# ----------------------------------------------------------------------------- dataset
+class ClipDataset(torch.utils.data.Dataset):
+    """Clips of the videos (or images) under `root` (see the module docstring).
+
+    An item is {"video": (3, T, H, W) float in [−1, 1]} or, from a cached latent, {"latent": (C, t, h, w)},
+    plus "text" (text_len, C) when with_text, "path" and "index". Index the dataset with an int, or
+    with (epoch, index) so random clip starts change per epoch (the samplers below do that).
+    A bad file gives None (after its one warning); `collate` drops it.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, num_frames: int = DEFAULT_NUM_FRAMES, fps: float = DEFAULT_FPS,
+                 resolution: str | Sequence[int] = "720p", text_len: int | None = DEFAULT_TEXT_LEN,
+                 with_text: bool = True, use_latents: bool = True, clip_start: str = "random", seed: int = 0,
+                 dtype: torch.dtype = torch.float32, extensions: Sequence[str] = VIDEO_EXTENSIONS,
+                 probe: bool = True):
+        root = os.fspath(root)
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"ClipDataset: no folder at {root!r}")
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+            raise ValueError(f"ClipDataset: num_frames must be an int >= 1, got {num_frames!r}")
+        if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+            raise ValueError(f"ClipDataset: fps must be a number > 0, got {fps!r}")
+        if text_len is not None and (isinstance(text_len, bool) or not isinstance(text_len, int) or text_len < 1):
+            raise ValueError(f"ClipDataset: text_len must be an int >= 1 or None, got {text_len!r}")
+        if clip_start not in CLIP_STARTS:
+            raise ValueError(f"ClipDataset: clip_start={clip_start!r}; expected one of {CLIP_STARTS}")
+        if not dtype.is_floating_point:
+            raise TypeError(f"ClipDataset: dtype must be a floating point dtype, got {dtype}")
+        self.root, self.num_frames, self.fps = root, num_frames, float(fps)
+        self.size = resolve_resolution(resolution)
+        self.text_len, self.with_text, self.use_latents = text_len, with_text, use_latents
+        self.clip_start, self.seed, self.dtype = clip_start, int(seed), dtype
+        self._warned: set[str] = set()
+        self._spans: dict[str, tuple[float, float]] = {}
+        files = _find_files(root, tuple(e.lower() for e in extensions))
+        self.files = [f for f in files if self._usable(f)] if probe else files
+        if not self.files:
+            raise ValueError(f"ClipDataset: no usable files with extensions {tuple(extensions)} under {root!r}"
+                             + (f" ({len(files)} skipped, see the warnings)" if files else ""))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    # -- checks ---------------------------------------------------------------------------------
+    def _warn_once(self, path: str, why: str) -> None:
+        if path not in self._warned:
+            self._warned.add(path)
+            warnings.warn(f"skipping {path}: {why}", DataWarning, stacklevel=3)
+
+    def _required_span(self) -> float:
+        return (self.num_frames - 1) / self.fps
+
+    def _span(self, path: str) -> tuple[float, float]:
+        if path not in self._spans:
+            self._spans[path] = probe_video(path)
+        return self._spans[path]
+
+    def _usable(self, path: str) -> bool:
+        try:
+            if self.with_text and text_sidecar(path) is None:
+                raise ClipError(f"no text embedding ({' / '.join('<name>' + s for s in TEXT_SUFFIXES)})")
+            if self._latent(path) is not None:
+                return True
+            span, period = self._span(path)
+            if span + 0.5 * period + 1e-6 < self._required_span():
+                raise ClipError(f"too short: {span + period:.3f} s, a clip of {self.num_frames} frames at "
+                                f"{self.fps:g} fps needs {self._required_span() + 1 / self.fps:.3f} s")
+        except ClipError as exc:
+            self._warn_once(path, str(exc))
+            return False
+        return True
+
+    def _latent(self, path: str) -> Tensor | None:
+        """The cached latent of this clip when present and shaped for this dataset, else None."""
+        if not self.use_latents:
+            return None
+        latent_path = os.path.splitext(path)[0] + LATENT_SUFFIX
+        if not os.path.isfile(latent_path):
+            return None
+        latent = load_sidecar(latent_path, "latent")
+        h, w = self.size[0] // SPATIAL_COMPRESSION, self.size[1] // SPATIAL_COMPRESSION
+        t = 1 + (self.num_frames - 1) // TEMPORAL_COMPRESSION
+        if latent.dim() != 4 or tuple(latent.shape[1:]) != (t, h, w):
+            self._warn_once(latent_path, f"cached latent has shape {tuple(latent.shape)}, expected (C, {t}, {h}, {w}) "
+                                         "for this num_frames/resolution; decoding the video instead")
+            return None
+        return latent
+
+    # -- items ----------------------------------------------------------------------------------
+    def clip_start_time(self, path: str, epoch: int, index: int) -> float:
+        if self.clip_start == "start":
+            return 0.0
+        span, period = self._span(path)
+        room = max(0.0, span + 0.5 * period - self._required_span())
+        if self.clip_start == "center":
+            return room / 2
+        g = torch.Generator().manual_seed(_seed_for(self.seed, epoch, index))
+        return room * float(torch.rand((), generator=g, dtype=torch.float64))
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        path = self.files[index]
+        try:
+            item: dict = {"path": path, "index": index}
+            if self.with_text:
+                text_path = text_sidecar(path)
+                if text_path is None:
+                    raise ClipError("no text embedding")
+                item["text"] = fit_text(load_sidecar(text_path, "embedding"), self.text_len)
+            latent = self._latent(path)
+            if latent is not None:
+                item["latent"] = latent.clone()
+            else:
+                start = self.clip_start_time(path, epoch, index)
+                clip = decode_clip(path, self.num_frames, self.fps, self.size, start)
+                # in place: a 720p clip is ~1 GB in fp32, temporaries would double it
+                item["video"] = clip.to(self.dtype).div_(127.5).sub_(1)
+            return item
+        except ClipError as exc:
+            self._warn_once(path, str(exc))
+            return None
+
+
+def image_dataset(root: str | os.PathLike, *, source: str = "images", **kwargs) -> ClipDataset:
+    """Images as 1-frame clips (3, 1, H, W): image files under root (source="images") or the first
+    frame of each video (source="videos"). Other arguments as ClipDataset."""
+    if source not in ("images", "videos"):
+        raise ValueError(f"image_dataset: source={source!r}; expected 'images' or 'videos'")
+    ext = IMAGE_EXTENSIONS if source == "images" else VIDEO_EXTENSIONS
+    return ClipDataset(root, num_frames=1, clip_start="start", extensions=ext, **kwargs)
+
+
+def collate(items: Sequence[dict | None]) -> dict | None:
+    """Stack items into a batch, dropping the None of skipped files (None if nothing is left).
+    A batch holds one kind, all of one shape: videos, images (T = 1) or latents; joint image/video
+    training alternates whole batches (`JointLoader`). Text is zero-padded to the longest in the batch.
+    Returns {"video" | "latent", "text"?, "path", "index", "is_image"}."""
+    items = [it for it in items if it is not None]
+    if not items:
+        return None
+    kind = "latent" if "latent" in items[0] else "video"
+    for it in items:
+        if kind not in it:
+            raise ValueError("collate: a batch mixes cached latents and decoded videos; cache all or none "
+                             "of a dataset's latents (or pass use_latents=False)")
+        if it[kind].shape != items[0][kind].shape:
+            raise ValueError(f"collate: {kind} shapes differ in one batch ({tuple(items[0][kind].shape)} vs "
+                             f"{tuple(it[kind].shape)}); batch images and videos separately (JointLoader)")
+    batch = {kind: torch.stack([it[kind] for it in items]),
+             "path": [it["path"] for it in items],
+             "index": torch.tensor([it["index"] for it in items], dtype=torch.int64)}
+    batch["is_image"] = batch[kind].shape[2] == 1  # an image is a 1-frame clip (1 latent frame)
+    if "text" in items[0]:
+        length = max(it["text"].shape[0] for it in items)
+        batch["text"] = torch.stack([fit_text(it["text"], length) for it in items])
+    return batch
+
+
+# ----------------------------------------------------------------------------- order, shards, resume
+class ShardedSampler:
+    """Per-epoch order of `size` items, split across data-parallel ranks.
+
+    Epoch e is `randperm(size)` drawn from (seed, e) (or 0..size−1 when shuffle=False); rank r takes
+    entries r, r + world_size, ... . even=True first drops the size % world_size last entries of the
+    permutation (different ones each epoch) so every rank has as many items, which collectives need.
+    """
+
+    def __init__(self, size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 shuffle: bool = True, even: bool = True):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"ShardedSampler: size must be an int >= 1, got {size!r}")
+        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+            raise ValueError(f"ShardedSampler: need 0 <= rank < world_size, got rank={rank!r}, "
+                             f"world_size={world_size!r}")
+        if even and size < world_size:
+            raise ValueError(f"ShardedSampler: {size} items cannot be split evenly over {world_size} ranks")
+        self.size, self.rank, self.world_size = size, rank, world_size
+        self.seed, self.shuffle, self.even = int(seed), shuffle, even
+
+    def indices(self, epoch: int) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(_seed_for(self.seed, epoch))
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        if self.even:
+            order = order[: self.size - self.size % self.world_size]
+        return order[self.rank::self.world_size]
+
+
+class ClipLoader:
+    """Batches of one rank's shard, epoch after epoch, resumable at the next batch.
+
+    Iterating goes on forever (training counts steps); `state_dict()` after a batch was received,
+    then `load_state_dict` in a new loader (same dataset, seed, batch size, world size) and a new
+    `iter()` give the same next batches. Batches with a skipped file are one item short; a batch of
+    only skipped files is not yielded (it still counts as consumed). num_workers > 0 decodes in
+    DataLoader worker processes; the order does not depend on it.
+    """
+
+    def __init__(self, dataset: ClipDataset, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 shuffle: bool = True, drop_last: bool = True, even_shards: bool = True, num_workers: int = 0,
+                 pin_memory: bool = False):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"ClipLoader: batch_size must be an int >= 1, got {batch_size!r}")
+        self.dataset, self.batch_size, self.drop_last = dataset, batch_size, drop_last
+        self.sampler = ShardedSampler(len(dataset), rank=rank, world_size=world_size, seed=seed,
+                                      shuffle=shuffle, even=even_shards)
+        if drop_last and len(self.sampler.indices(0)) < batch_size:
+            raise ValueError(f"ClipLoader: rank {rank} has {len(self.sampler.indices(0))} items, fewer than one "
+                             f"batch of {batch_size} (drop_last=True)")
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.epoch, self.position = 0, 0
+
+    def batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """The (epoch, index) keys of every batch of that epoch on this rank."""
+        shard = self.sampler.indices(epoch)
+        stop = len(shard) - len(shard) % self.batch_size if self.drop_last else len(shard)
+        return [[(epoch, i) for i in shard[s:s + self.batch_size]] for s in range(0, stop, self.batch_size)]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.sampler.seed,
+                "rank": self.sampler.rank, "world_size": self.sampler.world_size,
+                "size": self.sampler.size, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("seed", "world_size", "size", "batch_size"):
+            mine = self.state_dict()[key]
+            if key in state and state[key] != mine:
+                raise ValueError(f"ClipLoader.load_state_dict: the saved {key} is {state[key]} but this loader's is "
+                                 f"{mine}; an exact resume needs the same data order")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def _epoch_batches(self, keys: list[list[tuple[int, int]]]) -> Iterator[dict | None]:
+        if self.num_workers == 0:
+            for batch_keys in keys:
+                yield collate([self.dataset[k] for k in batch_keys])
+            return
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=keys, collate_fn=collate,
+                                             num_workers=self.num_workers, pin_memory=self.pin_memory)
+        yield from loader
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            keys = self.batches(self.epoch)[self.position:]
+            whole_epoch, yielded = self.position == 0, False
+            for batch in self._epoch_batches(keys):
+                self.position += 1
+                if batch is not None:
+                    yielded = True
+                    yield batch
+            if whole_epoch and not yielded:
+                raise RuntimeError(f"ClipLoader: epoch {self.epoch} gave no batch (every file skipped?)")
+            self.epoch, self.position = self.epoch + 1, 0
+
+
+class JointLoader:
+    """Joint image/video training: each step is a whole image batch (with probability image_prob,
+    drawn from (seed, step)) or a whole video batch. Context parallelism is for video batches only;
+    the batch's "is_image" says which. Resumable like ClipLoader."""
+
+    def __init__(self, video: ClipLoader, image: ClipLoader, *, image_prob: float = 0.5, seed: int = 0):
+        if not 0.0 <= image_prob <= 1.0:
+            raise ValueError(f"JointLoader: image_prob must be in [0, 1], got {image_prob!r}")
+        self.video, self.image, self.image_prob, self.seed = video, image, float(image_prob), int(seed)
+        self.step = 0
+        self._iters: dict[str, Iterator[dict]] = {}
+
+    def is_image_step(self, step: int) -> bool:
+        g = torch.Generator().manual_seed(_seed_for(self.seed, step, 0x1A6E))
+        return float(torch.rand((), generator=g, dtype=torch.float64)) < self.image_prob
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            kind = "image" if self.is_image_step(self.step) else "video"
+            if kind not in self._iters:
+                self._iters[kind] = iter(getattr(self, kind))
+            batch = next(self._iters[kind])
+            self.step += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "seed": self.seed, "image_prob": self.image_prob,
+                "video": self.video.state_dict(), "image": self.image.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.video.load_state_dict(state["video"])
+        self.image.load_state_dict(state["image"])
+        self.step = int(state["step"])
+        self._iters = {}
+
+
+# ----------------------------------------------------------------------------- synthetic videos
+def _moving_shapes(frames: int, height: int, width: int, g: torch.Generator) -> Tensor:
+    """(T, H, W, 3) uint8: a colored gradient background, a square and a disc moving on straight lines."""
+    def rand(*shape):
+        return torch.rand(*shape, generator=g)
+
+    unit = min(height, width)  # shapes are measured in units of the shorter side, so they stay round
+    yy, xx = torch.meshgrid(torch.arange(height) / unit, torch.arange(width) / unit, indexing="ij")
+    extent = torch.tensor([height / unit, width / unit])
+    c0, c1 = rand(3) * 0.6, rand(3) * 0.6
+    background = c0 * (1 - xx[..., None] / extent[1]) + c1 * yy[..., None] / extent[0]
+    colors = 0.4 + 0.6 * rand(2, 3)
+    size = 0.15 + 0.15 * rand(2)
+    start, velocity = rand(2, 2) * extent, (rand(2, 2) - 0.5) * 0.1
+    video = background.expand(frames, height, width, 3).clone()
+    for t in range(frames):
+        # positions bounce inside the frame (triangle wave per axis)
+        pos = (start + velocity * t) % (2 * extent)
+        pos = torch.where(pos > extent, 2 * extent - pos, pos)
+        cy, cx = pos[0]
+        square = ((yy - cy).abs() < size[0] / 2) & ((xx - cx).abs() < size[0] / 2)
+        cy, cx = pos[1]
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < (size[1] / 2) ** 2
+        video[t][square] = colors[0]
+        video[t][disc] = colors[1]
+    return (video * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def make_synthetic_videos(directory: str | os.PathLike, n: int = 8, frames: int = 33,
+                          size: int | Sequence[int] = (64, 64), fps: float = 16.0, seed: int = 0, *,
+                          text_len: int = 8, text_dim: int = 48, extension: str = ".mp4") -> list[str]:
+    """Write n moving-shape videos (frames × H × W at fps, H and W even; MPEG-4 part 2) with random
+    (text_len, text_dim) sidecar embeddings `<name>.pt` into directory; returns the video paths. The
+    files are byte-identical for a seed. The defaults match the tiny model config (text 8 × 48)."""
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    if height % 2 or width % 2 or height < 2 or width < 2:
+        raise ValueError(f"make_synthetic_videos: size must be even (4:2:0 video), got {(height, width)}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or not isinstance(frames, int) or frames < 1:
+        raise ValueError(f"make_synthetic_videos: n and frames must be ints >= 1, got n={n!r}, frames={frames!r}")
+    os.makedirs(directory, exist_ok=True)
+    g = torch.Generator().manual_seed(int(seed))
+    paths = []
+    for i in range(n):
+        path = os.path.join(os.fspath(directory), f"synthetic_{i:04d}{extension}")
+        # mpeg4, not libx264: x264's output changes with thread timing under load, and the same seed
+        # must give the same bytes (runs compared or resumed across fresh data sets)
+        video_io.write_video(path, _moving_shapes(frames, height, width, g), fps, layout="THWC", codec="mpeg4")
+        torch.save(torch.randn(text_len, text_dim, generator=g), os.path.splitext(path)[0] + ".pt")
+        paths.append(path)
+    return paths
