@@ -13,7 +13,8 @@ custom ops for its backward (and JVP) kernels. `differentiable()` then wires the
 The returned callable picks the op under `torch.compile` and the Function in eager mode.
 `setup_context(ctx, inputs, output)` must save what backward needs with `ctx.save_for_backward`
 and keep any non-tensor state as ctx attributes; for forward mode the primal inputs are kept
-(`ctx.saved_tensors` holds them inside `jvp`, in input order, tensors only).
+(`ctx.saved_tensors` holds them inside `jvp`, in input order, tensors only), followed by the
+op's output tensors when `jvp_saves_outputs=True` (a JVP rule that reuses forward results).
 """
 from __future__ import annotations
 
@@ -23,12 +24,16 @@ import torch
 
 
 def differentiable(op, setup_context: Callable, backward: Callable, jvp: Callable | None = None,
-                   name: str | None = None) -> Callable:
+                   name: str | None = None, jvp_saves_outputs: bool = False) -> Callable:
     op.register_autograd(backward, setup_context=setup_context)
 
     def _setup(ctx, inputs, output):
         setup_context(ctx, inputs, output)
-        ctx.save_for_forward(*[t for t in inputs if isinstance(t, torch.Tensor)])
+        saved = [t for t in inputs if isinstance(t, torch.Tensor)]
+        if jvp_saves_outputs:
+            outputs = output if isinstance(output, (tuple, list)) else (output,)
+            saved += [t for t in outputs if isinstance(t, torch.Tensor)]
+        ctx.save_for_forward(*saved)
 
     def _no_jvp(ctx, *tangents):
         raise RuntimeError(f"{name or op}: no forward-mode (JVP) rule is implemented for this op")
