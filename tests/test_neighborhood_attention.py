@@ -1,6 +1,9 @@
 """3D neighborhood attention: the spec (NATTEN na3d semantics), the fused Triton kernels against
 it (forward, gradients, JVP, tile skipping), opcheck, compile, the DiT window helper, bad input."""
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -269,7 +272,7 @@ def test_backward_formula_matches_autograd():
 # forward-mode JVP
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case, dtype", [("dilation", torch.float32), ("odd-borders", torch.bfloat16)])
+@pytest.mark.parametrize("case, dtype", [("causal-time-dilated-strided", torch.float32), ("odd-borders", torch.bfloat16)])
 def test_jvp(backend, case, dtype):
     grid, *window = CASES[case]
     dtype = torch.float64 if backend == "torch" and dtype == torch.float32 else dtype
@@ -401,3 +404,41 @@ def test_bad_input_triton_only():
     if "triton" in BACKENDS:
         with pytest.raises(ValueError, match="D=320 is not supported by backend 'triton'"):
             ck.neighborhood_attention_3d(q, k, v, (3, 5, 7), 3, backend="triton")
+
+
+# ---------------------------------------------------------------------------------------------
+# the H100 launch configurations
+# ---------------------------------------------------------------------------------------------
+@TRITON
+@pytest.mark.parametrize("window", [dict(kernel_size=(4, 4, 8), stride=(1, 4, 8)),        # official-like: no mask
+                                    dict(kernel_size=(2, 5, 7), dilation=(1, 1, 2), is_causal=(True, False, False))])
+def test_h100_tiles_in_the_interpreter(monkeypatch, window):
+    """Forward, gradients and JVP with the tile shapes and block sizes the H100 launches use."""
+    from cosmos_kernels.triton import neighborhood_attention as tri
+
+    monkeypatch.setattr(tri, "launch_config", lambda kernel, device: tri.GPU_CONFIGS[kernel])
+    grid = (4, 8, 16)
+    q, k, v = _qkv(grid, torch.bfloat16, D=64)
+    geom = _full(window["kernel_size"], window.get("dilation", 1), window.get("stride", 1), window.get("is_causal", False))
+    fn = lambda a, b, c: ck.neighborhood_attention_3d(a, b, c, grid, *geom, backend="triton")  # noqa: E731
+    ref_fn = lambda a, b, c: _ref(a, b, c, grid, *geom)  # noqa: E731
+    grad = torch.randn_like(q)
+    for name, got, expect in zip("qkv", _grads(fn, (q, k, v), grad),
+                                 _grads(ref_fn, [t.float() for t in (q, k, v)], grad.float())):
+        assert_close(got, expect.to(got.dtype), torch.bfloat16, grad=True, name=f"d{name}")
+    tangents = _qkv(grid, torch.bfloat16, D=64)
+    out, t_out = torch.func.jvp(fn, (q, k, v), tuple(tangents))
+    e_out, e_t = torch.func.jvp(ref_fn, tuple(t.float() for t in (q, k, v)), tuple(t.float() for t in tangents))
+    assert_close(out, e_out.to(out.dtype), torch.bfloat16)
+    assert_close(t_out, e_t.to(out.dtype), torch.bfloat16, grad=True, name="tangent")
+
+
+def test_compile_report_of_the_triton_kernels():
+    """The family's kernels compile for sm_90a at their H100 launches (the official 720p window,
+    its 480p scaling) without spilling and with wgmma (a subprocess: this one runs the interpreter)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-m", "cosmos_kernels.aot", "--only", "neighborhood_attention", "--no-cuda"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    for kernel in ("fwd", "bwd_dq", "bwd_dkdv", "jvp"):
+        assert f"neighborhood_attention_{kernel}[bf16,D=128,24x44x80]" in res.stdout
