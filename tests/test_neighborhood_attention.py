@@ -157,6 +157,15 @@ def test_batch_heads_strided_inputs_scale(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend):
+    q, k, v = (torch.randn(0, 30, 2, 16, requires_grad=True) for _ in range(3))
+    out = ck.neighborhood_attention_3d(q, k, v, (2, 3, 5), (2, 2, 3), backend=backend)
+    assert out.shape == q.shape
+    out.sum().backward()
+    assert q.grad.shape == q.shape
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_full_grid_equals_dense_attention(backend):
     grid = (2, 3, 5)
     q, k, v = _qkv(grid, B=1, H=2)
@@ -237,11 +246,15 @@ def test_gradients(backend, case, dtype):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_gradients_through_lse(backend):
-    """The op's second output (log-sum-exp) is differentiable too (dlse enters as delta − dlse)."""
+def test_gradients_through_lse(backend, monkeypatch):
+    """The op's second output (log-sum-exp) is differentiable too (dlse enters as delta − dlse);
+    B, heads > 1, D not a power of two, and the int64-offset kernel variants."""
+    if backend == "triton":
+        from cosmos_kernels.triton import neighborhood_attention as tri
+        monkeypatch.setattr(tri, "INT32_OFFSETS", 0)
     grid, kernel = (2, 4, 5), (2, 3, 3)
-    q, k, v = _qkv(grid, H=2)
-    g_out, g_lse = torch.randn_like(q), torch.randn(1, 2, math.prod(grid))
+    q, k, v = _qkv(grid, B=2, H=2, D=24)
+    g_out, g_lse = torch.randn_like(q), torch.randn(2, 2, math.prod(grid))
     geometry = [list(x) for x in ck.neighborhood_attention.resolve_geometry(grid, kernel)]
     op = torch.ops.cosmos_kernels.neighborhood_attention_3d
 
@@ -400,9 +413,9 @@ def test_bad_input_triton_only():
     q, k, v = _qkv((3, 5, 7), torch.float64)
     with pytest.raises(TypeError, match="only by backend 'torch'"):
         ck.neighborhood_attention_3d(q, k, v, (3, 5, 7), 3, backend="triton")
-    q, k, v = (torch.randn(1, 105, 1, 320) for _ in range(3))
+    q, k, v = (torch.randn(1, 105, 1, 160) for _ in range(3))
     if "triton" in BACKENDS:
-        with pytest.raises(ValueError, match="D=320 is not supported by backend 'triton'"):
+        with pytest.raises(ValueError, match="D=160 is not supported by backend 'triton'"):
             ck.neighborhood_attention_3d(q, k, v, (3, 5, 7), 3, backend="triton")
 
 

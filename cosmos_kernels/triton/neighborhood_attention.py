@@ -696,6 +696,7 @@ class Launch:
                        expect_wgmma=self.name != "bwd_delta", aligned=tuple(aligned))
 
 
+INT32_OFFSETS = 2 ** 31  # token offsets at or past this use the int64 kernel variant (OFF64)
 _TRITON_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32"}
 
 
@@ -723,7 +724,7 @@ def _common(geom: Geometry, p: TilePlan, walk_keys: bool, q: torch.Tensor, *ts: 
     q_tile, k_tile = (p.outer_tile, p.inner_tile) if walk_keys else (p.inner_tile, p.outer_tile)
     block_d = max(16, triton.next_power_of_2(D))
     # int32 row offsets (tok * stride) unless some tensor's token offsets can pass 2**31
-    off64 = any(t.shape[1] * max(t.stride(1), 1) + t.shape[2] * t.stride(2) >= 2 ** 31 for t in (q, *ts))
+    off64 = any(t.shape[1] * max(t.stride(1), 1) + t.shape[2] * t.stride(2) >= INT32_OFFSETS for t in (q, *ts))
     const = dict(**_named("CAUSAL_", "T H W", (bool(c) for c in geom.is_causal)), **_named("Q", "T H W", q_tile),
                  **_named("K", "T H W", k_tile), BLOCK_D=block_d, EVEN_D=block_d == D, OFF64=off64,
                  # fp32 inputs keep fp32 accuracy; 16-bit inputs ignore the precision
@@ -796,6 +797,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geom: Geometry, s
     B, S, H, D = q.shape
     out = _alloc.empty_like(q)
     lse = _alloc.empty(B, H, S, dtype=torch.float32, device=q.device)
+    if q.numel() == 0:
+        return out, lse
     fwd_launch(q, k, v, out, lse, geom, scale, launch_config("fwd", q.device), visits).run()
     return out, lse
 
@@ -805,6 +808,8 @@ def backward(grad_out, grad_lse, q, k, v, out, lse, geom: Geometry, scale: float
     grad_out, q, k, v, out = _unit_last(grad_out, q, k, v, out)
     lse = lse.contiguous()
     B, S, H, D = q.shape
+    if q.numel() == 0:
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     delta = _alloc.empty(B, H, S, dtype=torch.float32, device=q.device)
     grad_lse = grad_lse.contiguous() if grad_lse is not None else None
     delta_launch(out, grad_out, grad_lse, delta).run()
@@ -822,6 +827,8 @@ def jvp(q, k, v, tq, tk, tv, out, lse, geom: Geometry, scale: float):
     B, S, H, D = q.shape
     t_out = _alloc.empty_like(q)
     t_lse = _alloc.empty(B, H, S, dtype=torch.float32, device=q.device)
+    if q.numel() == 0:
+        return t_out, t_lse
     jvp_launch(q, k, v, tq, tk, tv, out, lse, t_out, t_lse, geom, scale, launch_config("jvp", q.device)).run()
     return t_out, t_lse
 
