@@ -5,7 +5,8 @@ BlockMask, forward and backward, measured in the same run.
 FLOPs count the attended (query, key) pairs only: forward 4·B·H·pairs·D, backward 2.5× that
 (the flash-attention bench's convention). `flop_ratio` = S² / pairs (the ideal speedup over dense)
 and `ideal_frac` = (dense ms / ours ms) / flop_ratio; `vs_peer` = FlexAttention ms / ours ms.
-Targets on H100: ideal_frac ≥ 0.7 and vs_peer ≥ 1.3. `tile_eff` = attended pairs / pairs our tiles compute (1.0 = no wasted tile work).
+Targets on H100: ideal_frac ≥ 0.7 and vs_peer ≥ 1.3. `tile_eff` = attended pairs / pairs our
+tiles compute (1.0 = no wasted tile work).
 
 Correctness: against the reference (brute-force mask) on small shapes; at the paper's shapes the
 forward is checked on 256 sampled query rows against the reference restricted to those rows, and

@@ -13,8 +13,9 @@ As in NATTEN: kernel_size * dilation <= grid and stride <= kernel_size on every 
 sizes are allowed (one more key on the left). Unlike NATTEN, kernel_size 1 is accepted (the only
 size a length-1 axis allows, so an image grid (1, H, W) is a valid input).
 
-Differentiable (reverse mode: fused dq and dk/dv kernels from the saved log-sum-exp) and with a
-fused forward-mode JVP (torch.func.jvp), O(S) memory in all three.
+Differentiable in reverse mode (fused dq and dk/dv kernels from the saved log-sum-exp; the
+log-sum-exp output of the op is differentiable too) and in forward mode (torch.func.jvp: one fused
+tangent pass that reuses the forward's out and log-sum-exp), O(S) memory in all of them.
 
 For the DiT: `NeighborhoodWindow` is one block's window as the official configs write it (-1 =
 full axis, sizes for a base grid scaled to the actual one, dense attention for images);
@@ -22,6 +23,7 @@ full axis, sizes for a base grid scaled to the actual one, dense attention for i
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Optional
 
@@ -43,13 +45,15 @@ MAX_HEAD_DIM = 128  # the Triton launches the compile report verifies spill-free
 # argument normalisation and checks
 # ---------------------------------------------------------------------------------------------
 def _triple(name: str, value, kind: type, op: str = OP) -> tuple:
-    """An int/bool or a 3-sequence of them -> 3-tuple (bool is not accepted as an int)."""
+    """An int/bool or a 3-sequence of them -> 3-tuple of Python ints/bools (bool is not an int)."""
     def ok(x):
-        return isinstance(x, kind) and (kind is bool or not isinstance(x, bool))
+        if kind is bool:
+            return isinstance(x, bool)
+        return isinstance(x, numbers.Integral) and not isinstance(x, bool)
     if ok(value):
-        return (value,) * 3
+        return (kind(value),) * 3
     if isinstance(value, (tuple, list, torch.Size)) and len(value) == 3 and all(ok(x) for x in value):
-        return tuple(value)
+        return tuple(kind(x) for x in value)
     raise TypeError(f"{op}: {name}={value!r} must be {'a bool' if kind is bool else 'an int'} or a sequence "
                     f"of 3 (one per axis t, h, w)")
 
@@ -109,7 +113,8 @@ def _triton():
 
 
 def _geometry(grid, kernel_size, dilation, stride, is_causal):
-    return _triton().Geometry(tuple(grid), tuple(kernel_size), tuple(dilation), tuple(stride), tuple(bool(c) for c in is_causal))
+    return _triton().Geometry(tuple(grid), tuple(kernel_size), tuple(dilation), tuple(stride),
+                              tuple(bool(c) for c in is_causal))
 
 
 def _contiguous(tensors):

@@ -222,7 +222,8 @@ def _na3d_fwd(Q, K, V, O, LSE, VISITS,
               CAUSAL_T: tl.constexpr, CAUSAL_H: tl.constexpr, CAUSAL_W: tl.constexpr,
               QT: tl.constexpr, QH: tl.constexpr, QW: tl.constexpr,
               KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-              BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, OFF64: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr, COUNT_VISITS: tl.constexpr):
+              BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, OFF64: tl.constexpr, DOT_PREC: tl.constexpr,
+              UPCAST: tl.constexpr, COUNT_VISITS: tl.constexpr):
     BLOCK_M: tl.constexpr = QT * QH * QW
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -397,7 +398,8 @@ def _na3d_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
                    CAUSAL_T: tl.constexpr, CAUSAL_H: tl.constexpr, CAUSAL_W: tl.constexpr,
                    KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                    QT: tl.constexpr, QH: tl.constexpr, QW: tl.constexpr,
-                   NPOW: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, OFF64: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
+                   NPOW: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, OFF64: tl.constexpr,
+                   DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
     BLOCK_N: tl.constexpr = KT * KH * KW
     pid = tl.program_id(0)
     bh = tl.program_id(1)
