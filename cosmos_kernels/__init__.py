@@ -47,11 +47,7 @@ def __getattr__(name: str):
 def _load_all() -> None:
     """Import every kernel family (registers all custom ops and their dispatch entries)."""
     for module in sorted(set(_EXPORTS.values())):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:  # a real missing dependency, not a family still to come
-                raise
+        importlib.import_module(module)
 
 
 def __dir__():
