@@ -7,22 +7,23 @@ import pytest
 import torch
 
 import cosmos_models as cm
+from cosmos_models.config import replace
 from cosmos_models import cli, solvers
 from cosmos_models.control import edge_control
 from cosmos_models.sampler import (CONDITION_SIGMA, Sampler, SamplerWarning, latent_chunk_plan, pixel_chunk_plan,
                                    round_up_to_vae_frames)
 from cosmos_models.vae import WanVAE
-from cosmos_models.video_io import read_video
+from cosmos_models.video_io import read_video, write_video
 
 STEPS = 3
 
 
-def random_model(name: str, seed: int = 0) -> torch.nn.Module:
+def random_model(config, seed: int = 0) -> torch.nn.Module:
     """A tiny network whose zero-initialized layers (modulation up-projections, control projections)
     are random too, so that every input (text, control, action, view) changes the output."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = cm.build(name)
+        model = cm.build(config)
         with torch.no_grad():
             for p in model.parameters():
                 if not p.any():
@@ -279,7 +280,17 @@ def test_transfer_control_inputs(transfer, vae):
     assert rel(weighted, out) > 1e-3 and torch.isfinite(weighted).all()
     with pytest.raises(ValueError, match="needs a depth video"):
         transfer.generate("transfer", **{**kw, "control_videos": None})
-    assert transfer.config.guidance == cm.get_config("tiny-transfer").guidance
+
+
+def test_default_guidance_comes_from_the_config(vae):
+    # transfer2.5 samples with guidance 3 (its config's), predict with 7
+    assert cm.get_config("transfer2.5-2b").guidance == 3.0 and cm.get_config("predict2.5-2b").guidance == 7.0
+    cfg = replace(cm.get_config("tiny-transfer"), name="tiny-transfer-g3", guidance=3.0)
+    s = Sampler(random_model(cfg), vae)
+    kw = run_kw(s, video=moving_square(9), control=["edge"], output="latent")
+    default = s.generate("transfer", **kw)
+    assert torch.equal(default, s.generate("transfer", **kw, guidance_scale=3.0))
+    assert rel(s.generate("transfer", **kw, guidance_scale=7.0), default) > 1e-3
 
 
 @pytest.mark.parametrize("chaining", ["pixel", "latent"])
@@ -378,6 +389,21 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert cli.main(["sample", "--config", "tiny", "--guidance", "-1", "--out", str(out)]) == 2
     assert "guidance must be" in capsys.readouterr().err
     assert cli.main(["sample", "--config", "tiny", "--image", str(tmp_path / "missing.png"), "--out", str(out)]) == 2
+
+
+def test_cli_transfer_with_given_control(tmp_path, capsys):
+    source, depth = tmp_path / "in.mp4", tmp_path / "depth.mp4"
+    write_video(source, moving_square(9), 16)
+    write_video(depth, torch.rand(3, 9, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1, 16)
+    out = tmp_path / "transfer.mp4"
+    assert cli.main(["sample", "--config", "tiny-transfer", "--video", str(source), "--control", "edge=0.3",
+                     "depth=0.7", "--control-video", f"depth={depth}", "--steps", "2", "--no-progress",
+                     "--out", str(out)]) == 0
+    assert "transfer with tiny-transfer" in capsys.readouterr().out
+    assert read_video(out)[0].shape == (3, 9, 64, 64)
+    assert cli.main(["sample", "--config", "tiny-transfer", "--video", str(source), "--control", "depth",
+                     "--out", str(out)]) == 2
+    assert "needs a depth video" in capsys.readouterr().err
 
 
 def test_cli_random_everything_runs(tmp_path, capsys):
