@@ -525,7 +525,7 @@ class Sampler:
             if image is not None:
                 first = fit_frames(_as_image(image), height, width, resize=resize, name="image")
             extra = self._transfer_inputs(source[:, :total], control, control_videos, edge_preset, blur_preset,
-                                          control_scale, chaining, chunk, resize)
+                                          control_scale, chaining, resize)
         return self._autoregressive(run, total=total, chunk=chunk, first=first, continuation=c_next,
                                     chaining=chaining, height=height, width=width, extra=extra,
                                     latent_out=latent_out, progress=progress)
@@ -546,7 +546,7 @@ class Sampler:
         return actions
 
     def _transfer_inputs(self, source: Tensor, control, control_videos, edge_preset, blur_preset, scale, chaining,
-                         chunk: int, resize: bool):
+                         resize: bool):
         """Per-chunk control inputs: {"control_input": {modality: latents}, "control_weights": ...}."""
         from cosmos_models.control import ALIASES, control_inputs, latent_weight_map
 
