@@ -83,7 +83,9 @@ setup(
         "diffusers>=0.42,<0.44",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3"],
+        "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "matplotlib>=3.8,<4"],
+        # the PNG chart of `cosmos bench kernels --chart`
+        "bench": ["matplotlib>=3.8,<4"],
     },
     ext_modules=[CMakeExtension("cosmos_kernels._C")],
     cmdclass={"build_ext": CMakeBuild},

@@ -27,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="small shapes (the default on CPU; full paper shapes on GPU)")
     p.add_argument("--only", default="", help="comma-separated families: " + ",".join(FAMILIES))
     p.add_argument("--out", default=None, help="JSON output (default bench/results/kernels-<device>.json on GPU)")
+    p.add_argument("--chart", default=None, help="PNG bar chart of ours vs the best peer per op and shape")
 
 
 def run(args) -> int:
@@ -36,13 +37,24 @@ def run(args) -> int:
     env = environment(device)
     print(f"device: {env['device']}  ({env['figures']})")
     rows = []
-    for fam in families:
-        module = importlib.import_module(f"bench.{fam}")
-        rows += module.run(device, quick)
-    print_table(rows, COLUMNS)
     out = args.out or (f"bench/results/kernels-{device.type}.json" if device.type == "cuda" else None)
+    try:
+        for fam in families:
+            module = importlib.import_module(f"bench.{fam}")
+            rows += module.run(device, quick)
+    except BaseException as exc:
+        # the rows measured so far are still written, with what stopped the run
+        if out:
+            write_json(out, {"environment": env, "quick": quick, "rows": rows,
+                             "error": f"{type(exc).__name__}: {exc}"})
+        raise
+    print_table(rows, COLUMNS)
     if out:
         print(f"wrote {write_json(out, {'environment': env, 'quick': quick, 'rows': rows})}")
+    if args.chart:
+        from bench.chart import speedup_chart
+        title = f"cosmos bench kernels on {env['device']}" + (" (CPU figures)" if device.type != "cuda" else "")
+        print(f"wrote {speedup_chart(rows, args.chart, title)}")
     bad = [r for r in rows if r.get("ok") is False]
     if bad:
         print(f"{len(bad)} kernel row(s) exceed their accuracy threshold", file=sys.stderr)
