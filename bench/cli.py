@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SUITES = {"kernels": "bench.kernels"}
+SUITES = {"kernels": "bench.kernels", "train-step": "bench.train_step"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
