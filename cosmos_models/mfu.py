@@ -356,17 +356,21 @@ def _memory(device: torch.device) -> dict:
     return {"peak_rss_bytes": rss, "kind": "process peak RSS (CPU)"}
 
 
-def _breakdown(step: TrainStep, n: int, device: torch.device, step_time: float) -> list[dict]:
-    """Per-part time of n extra instrumented steps (mean per step), with each part's useful FLOPs."""
+def _breakdown(step: TrainStep, n: int, device: torch.device) -> tuple[list[dict], float]:
+    """Per-part time of n extra instrumented steps (mean per step), with each part's useful FLOPs,
+    and the instrumented steps' own mean time (the shares are of it)."""
     step.ranges = PartRanges(step.model, timing=True, device=device)
+    totals: dict = {}
+    step_time = 0.0
     with step.ranges:
-        totals: dict = {}
         for _ in range(n):
-            step()
+            step_time += time_steps(step, 1, device)[0][0] / n
             for key, sec in step.ranges.times().items():
                 totals[key] = totals.get(key, 0.0) + sec / n
     step.ranges = None
     parts = step.count["parts"]
+    # FLOPs of what each hooked module runs (the control branch's embedder and before/after
+    # projections run outside its blocks: its rate is slightly overstated)
     part_flops = {"patch_embed": ("patch_embed",), "self_attn": ("self_attn_proj", "self_attn_core"),
                   "cross_attn": ("cross_attn_proj", "cross_attn_core"), "mlp": ("mlp",),
                   "final_layer": ("final_layer",), "control_branch": ("control_branch",)}
@@ -377,10 +381,10 @@ def _breakdown(step: TrainStep, n: int, device: torch.device, step_time: float) 
         rows.append({"part": category, "phase": phase, "ms": sec * 1e3, "share": sec / step_time,
                      "TFLOP/s": f / sec / 1e12 if f and sec > 0 else None})
     # the rest of the step: AdaLN kernels between the parts, modulation, embeddings, RoPE tables,
-    # autograd and launch overhead (the instrumented steps' hooks included)
+    # the data-facing embedders' backward, autograd and launch overhead (and the hooks themselves)
     rest = max(step_time - sum(totals.values()), 0.0)
     rows.append({"part": "other", "phase": "-", "ms": rest * 1e3, "share": rest / step_time, "TFLOP/s": None})
-    return rows
+    return rows, step_time
 
 
 def _cp_group(cp: int, device: torch.device):
@@ -482,7 +486,7 @@ def measure(settings: StepSettings, device: str | torch.device | None = None, *,
         "loss": float(loss),
     }
     if breakdown_steps:
-        result["breakdown"] = _breakdown(step, breakdown_steps, device, step_time)
+        result["breakdown"], result["breakdown_step_time_s"] = _breakdown(step, breakdown_steps, device)
     if trace:
         result["trace"] = _trace(step, device, trace)
     return result
@@ -523,7 +527,8 @@ def print_result(result: dict) -> None:
     peak_bytes = mem.get("peak_allocated_bytes", mem.get("peak_rss_bytes"))
     print(f"memory peak {peak_bytes / 2**30:.3f} GiB ({mem['kind']})")
     if result.get("breakdown"):
-        print("where the step time goes (instrumented steps; part FLOPs / part time):")
+        print(f"where the step time goes ({result['breakdown_step_time_s'] * 1e3:.2f} ms per instrumented step; "
+              "TFLOP/s: the part's useful FLOPs / its time):")
         print_table(result["breakdown"], ["part", "phase", "ms", "share", "TFLOP/s"])
     if result.get("trace"):
         print(f"profiler trace: {result['trace']}")
