@@ -60,7 +60,9 @@ class StepSettings:
     resolution: "480p", "720p", "HxW" in pixels, or None for the config's default; frames: pixel
     frames (4k+1; None: the config's); precision: "bf16" (weights, activations and AdamW in bf16,
     modulation in fp32), "fp32", or "autocast" (fp32 weights, bf16 autocast); None: bf16 on a GPU,
-    fp32 on a CPU. backend: the kernel backend (None: dispatch default).
+    fp32 on a CPU. backend: the kernel backend (None: dispatch default). threads: CPU intra-op
+    threads during the measurement (None: torch's setting); one thread keeps CPU timings steady on
+    a shared host, where a parallel region waits for its slowest, descheduled thread.
     """
 
     config: str
@@ -74,12 +76,16 @@ class StepSettings:
     backend: str | None = None
     steps: int = 10
     warmup: int = 3
+    threads: int | None = None
 
     def __post_init__(self):
         cfg = cm.get_config(self.config)
         sac.check_policy(self.sac)
         if self.precision is not None and self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r}; expected one of {PRECISIONS} or None")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ValueError(f"threads must be None or an int >= 1, got {self.threads!r}")
         for name, low in (("batch", 1), ("cp", 1), ("steps", 1), ("warmup", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -112,6 +118,7 @@ class StepSettings:
         frames, h, w = self.pixels()
         parts = [self.config, f"{h}x{w}x{frames}", f"B{self.batch}"]
         parts += [f"cp{self.cp}"] * (self.cp > 1) + [f"sac={self.sac}"] * (self.sac != "none")
+        parts += [f"threads={self.threads}"] * (self.threads is not None)
         return " ".join(parts)
 
 
@@ -414,8 +421,34 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def measure(settings: StepSettings, device: str | torch.device | None = None, *, repeats: int = 1,
-            peak: str = "auto", breakdown_steps: int = 0, trace: str | None = None, nvtx: bool = False) -> dict:
+@contextlib.contextmanager
+def _cpu_threads(threads: int | None, device: torch.device):
+    if threads is None or device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def same_device(a: str, b: str) -> bool:
+    """Whether two environment device names are the same device (a CPU's thread count is a setting)."""
+    strip = lambda name: re.sub(r", \d+ threads\)$", ")", name)  # noqa: E731
+    return strip(a) == strip(b)
+
+
+def measure(settings: StepSettings, device: str | torch.device | None = None, **kwargs) -> dict:
+    """Measure one configuration (see _measure for the keywords), with settings.threads CPU threads."""
+    device = resolve_device(device)
+    with _cpu_threads(settings.threads, device):
+        return _measure(settings, device, **kwargs)
+
+
+def _measure(settings: StepSettings, device: torch.device, *, repeats: int = 1, peak: str = "auto",
+             breakdown_steps: int = 0, trace: str | None = None, nvtx: bool = False) -> dict:
     """Measure one configuration; returns the result dict (see the module docstring).
 
     peak: "h100" (989.4 TFLOP/s bf16 dense), "measured", a number in TFLOP/s, or "auto" (h100 on a
@@ -426,7 +459,6 @@ def measure(settings: StepSettings, device: str | torch.device | None = None, *,
     """
     from bench.common import environment
 
-    device = resolve_device(device)
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
     step = TrainStep(settings, device, cp_group=_cp_group(settings.cp, device))
@@ -551,6 +583,7 @@ def add_step_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="warm-up steps")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads while measuring (default: torch's)")
     p.add_argument("--peak", default="auto", help="h100 | measured | TFLOP/s number (default: h100 on GPU, "
                                                     "measured fp32 matmul on CPU)")
 
@@ -558,7 +591,7 @@ def add_step_arguments(p: argparse.ArgumentParser) -> None:
 def settings_from_args(args) -> StepSettings:
     return StepSettings(config=args.config, resolution=args.resolution, frames=args.frames, batch=args.batch,
                         cp=args.cp, sac=args.sac, text_len=args.text_len, precision=args.precision,
-                        backend=args.backend, steps=args.steps, warmup=args.warmup)
+                        backend=args.backend, steps=args.steps, warmup=args.warmup, threads=args.threads)
 
 
 def parse_tolerance(text: str) -> float:
@@ -604,13 +637,13 @@ def record(args) -> int:
     device = resolve_device(args.device)
     result = measure(settings_from_args(args), device, repeats=args.repeats, peak=args.peak)
     path = Path(args.out)
-    from bench.common import environment, write_json
+    from bench.common import write_json
 
-    env = environment(device)
+    env = result["environment"]
     entries = []
     if args.append and path.exists():
         old = json.loads(path.read_text())
-        if old["environment"]["device"] != env["device"]:
+        if not same_device(old["environment"]["device"], env["device"]):
             raise ValueError(f"--append: {path} was recorded on {old['environment']['device']}, "
                              f"this is {env['device']}")
         entries = [e for e in old["entries"] if e["settings"] != result["settings"]]
@@ -633,7 +666,7 @@ def check(args) -> int:
     baseline = json.loads(Path(args.baseline).read_text())
     device = resolve_device(args.device)
     env = environment(device)
-    if baseline["environment"]["device"] != env["device"] and not args.allow_device_mismatch:
+    if not same_device(baseline["environment"]["device"], env["device"]) and not args.allow_device_mismatch:
         print(f"baseline {args.baseline} was recorded on {baseline['environment']['device']!r}, this is "
               f"{env['device']!r}: step times are not comparable (--allow-device-mismatch to compare anyway)",
               file=sys.stderr)
