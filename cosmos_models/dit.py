@@ -593,13 +593,14 @@ class _GatherFrames(torch.autograd.Function):
     """All-gather the per-rank frame slices of (B, L_local, C) into (B, L, C) (views kept in order).
 
     Backward keeps this rank's slice of the incoming gradient: the loss on the gathered output is
-    computed identically on every rank (replicated data), so no reduction is needed.
+    computed identically on every rank (replicated data), so no reduction is needed. The gather is
+    linear, so the forward-mode rule gathers the tangent the same way (torch.func.jvp through the
+    context-parallel model, for rCM distillation).
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, frames: Frames, group) -> Tensor:
+    def forward(x: Tensor, frames: Frames, group) -> Tensor:
         size = torch.distributed.get_world_size(group)
-        ctx.frames, ctx.group = frames, group
         parts = [torch.empty_like(x) for _ in range(size)]
         torch.distributed.all_gather(parts, x.contiguous(), group=group)
         V = frames.views
@@ -607,6 +608,14 @@ class _GatherFrames(torch.autograd.Function):
         # each part: (B, V, Tv/size * N, C) -> concatenate ranks inside each view
         stacked = torch.stack([p.reshape(B, V, Ll // V, C) for p in parts], dim=2)
         return stacked.reshape(B, V * size * (Ll // V), C)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.frames, ctx.group = inputs[1], inputs[2]
+
+    @staticmethod
+    def jvp(ctx, x_tangent: Tensor, _frames_tangent, _group_tangent) -> Tensor:
+        return _GatherFrames.forward(x_tangent, ctx.frames, ctx.group)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
