@@ -1,0 +1,120 @@
+"""What the trainer feeds on: loaders over a clip folder (cosmos_models/data.py), the VAE that encodes
+clips without cached latents, the synthetic clip set of the tiny configs, and latent caching.
+
+The tiny configs train without --data: `prepare_synthetic` writes moving-shape mp4s with random text
+embeddings (data.make_synthetic_videos) into <out>/data and caches their latents through the tiny
+WAN VAE with random weights (the same VAE `cosmos sample` builds for tiny configs without --vae:
+WanVAE.from_config("tiny") under torch.manual_seed(0)); the VAE is also saved to <out>/vae (diffusers
+format, for `--vae`). Training then reads only the cached latents, so a step is a DiT step.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from cosmos_models import data as D
+from cosmos_models.config import DiTConfig
+from cosmos_models.vae import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION
+
+SYNTHETIC_MARKER = ".synthetic_complete"
+SYNTHETIC_SEED = 0
+RANDOM_VAE_SEED = 0  # the seed `cosmos sample` uses for its random VAE
+
+
+def build_vae(spec: str | None, config: DiTConfig, device: torch.device, dtype: torch.dtype):
+    """spec: a diffusers AutoencoderKLWan folder, "tiny" / "wan2.1" (random weights, seed 0), or
+    None (the tiny random VAE for tiny configs, else an error naming --vae)."""
+    from cosmos_models.vae import WanVAE
+
+    if spec is None:
+        if not config.name.startswith("tiny"):
+            raise ValueError(f"the data has clips without cached latents, so they must be VAE-encoded: pass --vae "
+                             f"<AutoencoderKLWan folder> (the WAN2.1 VAE) for {config.name}, or cache the latents "
+                             "(--cache-latents)")
+        spec = "tiny"
+    if spec in ("tiny", "wan2.1"):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_VAE_SEED)
+            vae = WanVAE.from_config(spec)
+    else:
+        if not os.path.isdir(spec):
+            raise FileNotFoundError(f"--vae {spec!r}: no such folder (a diffusers AutoencoderKLWan folder, or "
+                                    "'tiny' / 'wan2.1' for random weights)")
+        vae = WanVAE.from_pretrained(spec)
+    return vae.to(device=device, dtype=dtype).eval()
+
+
+def _has_latent(video_path: str, shape: tuple[int, int, int]) -> bool:
+    path = os.path.splitext(video_path)[0] + D.LATENT_SUFFIX
+    if not os.path.isfile(path):
+        return False
+    try:
+        latent = D.load_sidecar(path, "latent")
+    except D.ClipError:
+        return False
+    return latent.dim() == 4 and tuple(latent.shape[1:]) == shape
+
+
+def cache_latents(root: str, vae, *, num_frames: int, fps: float, size: tuple[int, int], rank: int = 0,
+                  world: int = 1, device: torch.device | None = None) -> int:
+    """Encode the first clip of every video under root that has no cached latent of this shape and
+    write it beside the video as <name>.latent.pt (C, t, h, w) fp32. Files are split across ranks.
+    Returns how many this rank wrote."""
+    t = 1 + (num_frames - 1) // TEMPORAL_COMPRESSION
+    shape = (t, size[0] // SPATIAL_COMPRESSION, size[1] // SPATIAL_COMPRESSION)
+    clips = D.ClipDataset(root, num_frames=num_frames, fps=fps, resolution=size, with_text=False,
+                          use_latents=False, clip_start="start")
+    todo = [i for i, path in enumerate(clips.files) if not _has_latent(path, shape)]
+    written = 0
+    for i in todo[rank::world]:
+        path = clips.files[i]
+        item = clips[i]
+        if item is None:
+            continue
+        video = item["video"][None].to(device or "cpu")
+        latent = vae.encode(video)[0].float().cpu()
+        target = os.path.splitext(path)[0] + D.LATENT_SUFFIX
+        tmp = f"{target}.tmp.{os.getpid()}"
+        torch.save(latent, tmp)
+        os.replace(tmp, target)
+        written += 1
+    return written
+
+
+def prepare_synthetic(root: str, config: DiTConfig, *, num_frames: int, size: tuple[int, int], clips: int,
+                      vae_dir: str, device: torch.device) -> None:
+    """The tiny configs' clip set under root (rank 0 writes it once; every rank waits)."""
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        if not os.path.isfile(os.path.join(root, SYNTHETIC_MARKER)):
+            D.make_synthetic_videos(root, n=clips, frames=max(33, num_frames + 8), size=size, fps=config.fps,
+                                    seed=SYNTHETIC_SEED, text_len=config.text_len, text_dim=config.text_channels)
+            vae = build_vae("tiny", config, device, torch.float32)
+            cache_latents(root, vae, num_frames=num_frames, fps=config.fps, size=size, device=device)
+            if not os.path.isdir(vae_dir):
+                vae.autoencoder.save_pretrained(vae_dir)
+            with open(os.path.join(root, SYNTHETIC_MARKER), "w") as f:
+                f.write(f"{clips} clips, {num_frames} frames at {size[0]}x{size[1]}\n")
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def build_loader(cfg, config: DiTConfig, *, size: tuple[int, int], num_frames: int, image_batch: int, dp_rank: int,
+                 dp_size: int, data_root: str):
+    """The batch source: a ClipLoader over data_root, or a JointLoader of it and an image loader
+    (cfg.image_prob > 0; images from cfg.image_data, or the first frames of data_root's videos).
+    Both are sharded over the data-parallel ranks: the ranks of a context-parallel group share batches."""
+    common = dict(fps=config.fps, resolution=size, text_len=config.text_len, seed=cfg.seed)
+    videos = D.ClipDataset(data_root, num_frames=num_frames, use_latents=True, **common)
+    video_loader = D.ClipLoader(videos, cfg.batch, rank=dp_rank, world_size=dp_size, seed=cfg.seed,
+                                num_workers=cfg.num_workers)
+    if cfg.image_prob <= 0:
+        return video_loader
+    if cfg.image_data is not None:
+        images = D.image_dataset(cfg.image_data, source="images", use_latents=False, **common)
+    else:
+        images = D.image_dataset(data_root, source="videos", use_latents=False, **common)
+    image_loader = D.ClipLoader(images, image_batch, rank=dp_rank, world_size=dp_size, seed=cfg.seed,
+                                num_workers=cfg.num_workers)
+    return D.JointLoader(video_loader, image_loader, image_prob=cfg.image_prob, seed=cfg.seed)

@@ -1,0 +1,344 @@
+"""The trainer: SAC policies, schedule and EMA, overfitting one batch, FSDP2 and context parallelism
+over real gloo process groups (forked ranks and torchrun) against one process, exact resume after
+a crash, atomic checkpoints, joint image/video batches with CP off for images, the CLI's tiny run.
+
+Every run trains the tiny config on 64x64, 5-frame clips (2 latent frames, so CP 2 splits them) with
+cached latents generated once per module."""
+import faulthandler
+import gc
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import traceback
+
+import pytest
+import torch
+
+import cosmos_models as cm
+from cosmos_models import checkpointing, sac, train_data
+from cosmos_models.ema import EMA, power_exponent
+from cosmos_models.train import TrainConfig, Trainer, lr_factor, resolve
+
+FRAMES = 5
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    train_data.prepare_synthetic(str(root / "data"), cm.get_config("tiny"), num_frames=FRAMES, size=(64, 64),
+                                 clips=4, vae_dir=str(root / "vae"), device=torch.device("cpu"))
+    return str(root / "data")
+
+
+def config(out, data, **changes) -> TrainConfig:
+    base = dict(config="tiny", out=str(out), data=data, frames=FRAMES, steps=4, batch=2, log_every=1,
+                save_every=0, lr=3e-3, warmup=2, kernel_backend="torch", progress=False, dist_timeout=60.0)
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def run_in_process(cfg: TrainConfig):
+    trainer = Trainer(cfg)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank, world, port, cfg, queue):
+    # never finalize objects inherited from the parent (e.g. its destroyed process groups, whose
+    # destructors would wait for threads that do not exist in a forked child)
+    gc.freeze()
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    faulthandler.dump_traceback_later(140, exit=True)  # a hung rank shows where it hangs
+    try:
+        queue.put((rank, "ok", run_in_process(cfg)))
+    except BaseException:  # noqa: BLE001 - reported by the parent
+        queue.put((rank, "error", traceback.format_exc()))
+
+
+def run_forked(cfg: TrainConfig, world: int = 2) -> dict[int, list]:
+    """Train on `world` forked ranks of a gloo group; {rank: [(step, loss)]}."""
+    import torch.multiprocessing as mp
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    port = free_port()
+    gc.collect()  # the parent's garbage (earlier runs' process groups) goes before the fork
+    procs = [ctx.Process(target=_rank_main, args=(r, world, port, cfg, queue), daemon=True) for r in range(world)]
+    for p in procs:
+        p.start()
+    results = {}
+    try:
+        for _ in procs:
+            rank, status, value = queue.get(timeout=150)
+            results[rank] = (status, value)
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    errors = {r: v for r, (s, v) in results.items() if s != "ok"}
+    assert not errors, "\n".join(f"--- rank {r} ---\n{v}" for r, v in errors.items())
+    return {r: v for r, (_, v) in results.items()}
+
+
+def assert_curves_close(a, b, rtol=1e-4):
+    assert [s for s, _ in a] == [s for s, _ in b]
+    for (step, x), (_, y) in zip(a, b):
+        assert math.isfinite(x) and abs(x - y) <= rtol * abs(y), (step, x, y, a, b)
+
+
+# ------------------------------------------------------------------------------------------ SAC
+def _sac_grads(policy):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = {}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls[func] = self.calls.get(func, 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    model = cm.build("tiny", kernel_backend="torch")
+    with torch.no_grad():  # non-zero modulation, so every op matters
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    wrapped = sac.apply(model, policy)
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(2, 16, 2, 4, 4, generator=g), 1000 * torch.rand(2, 2, generator=g)
+    ctx = torch.randn(2, 8, 48, generator=g)
+    out = model(x, t, ctx)
+    counter = CountOps()
+    with counter:
+        out.square().mean().backward()
+    return {n: p.grad for n, p in model.named_parameters()}, counter.calls, wrapped
+
+
+def test_sac_policies_give_the_same_gradients_and_recompute_what_they_say():
+    reference, calls_plain, wrapped = _sac_grads("none")
+    assert wrapped == 0
+    flash = torch.ops.cosmos_kernels.flash_attention.default
+    mm = torch.ops.aten.mm.default
+    assert calls_plain.get(flash, 0) == 0
+    blocks = cm.get_config("tiny").num_blocks
+    # per block: attention kernels recomputed in the backward, matmuls recomputed (of 16: 6 modulation,
+    # 4 self-attention, 4 cross-attention, 2 MLP)
+    expected = {"full": (2, 16), "predict2_2b_720_aggressive": (0, 16), "predict2_2b_720": (1, 9),
+                "predict2_14b_720_aggressive": (2, 13), "mm_only": (2, 0), "linear_selfattn": (1, 0)}
+    for policy, (attn, mms) in expected.items():
+        grads, calls, wrapped = _sac_grads(policy)
+        assert wrapped == blocks
+        for name, g in reference.items():
+            assert torch.equal(grads[name], g), (policy, name)
+        assert calls.get(flash, 0) == attn * blocks, (policy, calls.get(flash, 0))
+        assert calls.get(mm, 0) - calls_plain[mm] == mms * blocks, (policy, calls.get(mm, 0))
+
+
+def test_sac_rejects_unknown_policy_and_double_application():
+    model = cm.build("tiny")
+    with pytest.raises(ValueError, match="checkpointing policy 'bogus'"):
+        sac.apply(model, "bogus")
+    sac.apply(model, "full")
+    with pytest.raises(ValueError, match="already checkpointed"):
+        sac.apply(model, "full")
+
+
+# ------------------------------------------------------------------------------------------ schedule, EMA
+def test_lr_schedule_warms_up_then_decays_linearly():
+    f = [lr_factor(s, 4, 12, 0.1) for s in range(12)]
+    assert f[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert f[4] == 1.0 and abs(f[8] - 0.55) < 1e-12 and abs(lr_factor(12, 4, 12, 0.1) - 0.1) < 1e-12
+    assert all(a >= b for a, b in zip(f[3:], f[4:]))
+
+
+def test_power_ema_matches_its_formula():
+    gamma = power_exponent(0.1)
+    assert abs(gamma ** 3 + 7 * gamma ** 2 + (16 - 100) * gamma + (12 - 100)) < 1e-6 and abs(gamma - 6.94) < 0.01
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, sigma_rel=0.1)
+    history, expected = [], None
+    for i in range(4):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        beta = ema.update(model)
+        assert beta == (0.0 if i == 0 else (1 - 1 / (i + 1)) ** (gamma + 1))
+        w = model.weight.detach().clone()
+        expected = w if expected is None else beta * expected + (1 - beta) * w
+        history.append(beta)
+    torch.testing.assert_close(ema.shadow["weight"], expected)
+    constant = EMA(model, sigma_rel=None, decay=0.9999)
+    assert constant.beta(0) == 0.1 and constant.beta(10 ** 6) == 0.9999
+    with pytest.raises(ValueError):
+        EMA(model, sigma_rel=0.1, decay=0.99)
+
+
+def test_resolve_validates_the_run():
+    with pytest.raises(ValueError, match="--cp 2 must divide the 3 latent frames"):
+        resolve(TrainConfig(frames=9, cp=2), "cpu")
+    with pytest.raises(ValueError, match="--data is required"):
+        resolve(TrainConfig(config="predict2.5-2b"), "cpu")
+    with pytest.raises(ValueError, match="multiples of 16"):
+        resolve(TrainConfig(resolution="72x64"), "cpu")
+    r = resolve(TrainConfig(steps=20), "cpu")
+    assert (r.size, r.frames, r.latent_t, r.warmup, r.sac, r.precision) == ((64, 64), 9, 3, 4, "none", "fp32")
+    assert resolve(TrainConfig(config="predict2.5-2b", data="x", steps=10 ** 5), "cuda").warmup == 2000
+
+
+# ------------------------------------------------------------------------------------------ training
+def test_tiny_model_overfits_one_batch(tmp_path, clips):
+    losses = run_in_process(config(tmp_path / "run", clips, steps=50, batch=1, overfit_batch=True, grad_clip=0.0,
+                                   final_lr_ratio=1.0, text_dropout=0.0, warmup=5))
+    values = [x for _, x in losses]
+    assert values[-1] < values[0] / 10, values
+
+
+def test_two_processes_fsdp_and_context_parallel_match_one_process(tmp_path, clips):
+    """Same global batch (2 clips): 1 process x 2, FSDP over 2 ranks x 1, and CP 2 (both ranks the
+    same 2 clips, the sequence split; with SAC). Joint image/video steps: the CP run's image batches
+    run with CP off (one latent frame cannot be split), its 2 images split over the 2 ranks."""
+    common = dict(steps=5, image_prob=0.5, seed=6)  # steps 1 and 5 are image batches
+    # batches are per data-parallel group: 2 groups of 1 clip (FSDP), 1 group of 2 (single, CP)
+    single = run_in_process(config(tmp_path / "one", clips, batch=2, image_batch=2, **common))
+    fsdp = run_forked(config(tmp_path / "fsdp", clips, batch=1, image_batch=1, **common))
+    cp = run_forked(config(tmp_path / "cp", clips, batch=2, image_batch=2, cp=2, sac="predict2_2b_720_aggressive",
+                           **common))
+    hsdp = run_forked(config(tmp_path / "hsdp", clips, batch=1, image_batch=1, hsdp_replicate=2, steps=2,
+                             image_prob=0.5, seed=6))
+    with open(tmp_path / "cp" / "train_log.jsonl") as f:
+        kinds = {json.loads(line)["kind"] for line in f}
+    assert kinds == {"image", "video"}, kinds  # both kinds of step happened
+    for run in (fsdp, cp, hsdp):
+        assert run[0] == run[1]  # every rank logs the same all-reduced loss
+        assert_curves_close(run[0], single[:len(run[0])])
+
+
+def test_context_parallel_image_batch_smaller_than_the_group(tmp_path, clips):
+    """One image per group and CP 2: both ranks compute it with CP off, the gradient counted once."""
+    common = dict(steps=2, image_prob=1.0, batch=1, image_batch=1, seed=1)
+    single = run_in_process(config(tmp_path / "one", clips, **common))
+    cp = run_forked(config(tmp_path / "cp", clips, cp=2, **common))
+    assert cp[0] == cp[1]
+    assert_curves_close(cp[0], single)
+
+
+def test_kill_and_resume_continues_bit_identically(tmp_path, clips, monkeypatch):
+    common = dict(steps=6, save_every=3, batch=1, image_prob=0.5, image_batch=1, text_dropout=0.5, seed=6)
+    reference = Trainer(config(tmp_path / "uninterrupted", clips, **common))
+    try:
+        expected = reference.train()
+        expected_ema = {k: v.full_tensor().clone() for k, v in reference.ema.shadow.items()}
+        expected_weights = {k: v.full_tensor().clone() for k, v in reference.model.state_dict().items()}
+    finally:
+        reference.close()
+
+    original_step = Trainer.train_step
+
+    def crash_after_step_4(self):
+        if self.step == 4:
+            raise KeyboardInterrupt("killed")
+        return original_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process(config(tmp_path / "killed", clips, **common))
+    monkeypatch.setattr(Trainer, "train_step", original_step)
+    assert os.path.basename(checkpointing.find_latest(str(tmp_path / "killed" / "checkpoints"))) == "step_000003"
+
+    resumed = Trainer(config(tmp_path / "killed", clips, resume=True, **common))
+    try:
+        after = resumed.train()
+        assert after == expected[3:]  # steps 4..6, bit for bit
+        for k, v in resumed.ema.shadow.items():
+            assert torch.equal(v.full_tensor(), expected_ema[k]), k
+        for k, v in resumed.model.state_dict().items():
+            assert torch.equal(v.full_tensor(), expected_weights[k]), k
+    finally:
+        resumed.close()
+    exported = cm.build("tiny")
+    cm.load_checkpoint(exported, str(tmp_path / "killed" / "ema.safetensors"))
+    for k, v in exported.state_dict().items():
+        assert torch.equal(v, expected_ema[k]), k
+
+
+def test_crash_during_save_keeps_the_last_checkpoint(tmp_path, clips, monkeypatch):
+    out = tmp_path / "run"
+    root = str(out / "checkpoints")
+    trainer = Trainer(config(out, clips, steps=3, save_every=2, batch=1))
+    try:
+        while trainer.step < 2:
+            trainer.train_step()
+        trainer.save()
+        saved_weights = {k: v.full_tensor().clone() for k, v in trainer.model.state_dict().items()}
+        trainer.train_step()
+
+        def write_then_die(state, path):
+            checkpointing.dcp.save(state, checkpoint_id=path)  # shards and metadata on disk ...
+            raise RuntimeError("simulated crash during save")  # ... but killed before the rename
+
+        monkeypatch.setattr(checkpointing, "write_shards", write_then_die)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            trainer.save()
+    finally:
+        trainer.close()
+    assert os.path.isdir(os.path.join(root, "step_000003.tmp"))
+    assert not os.path.exists(os.path.join(root, "step_000003"))
+    with open(os.path.join(root, "latest")) as f:
+        assert f.read().strip() == "step_000002"
+    monkeypatch.undo()
+
+    with pytest.raises(FileExistsError, match="--resume"):  # never silently overwrites a run
+        Trainer(config(out, clips, steps=3, batch=1))
+    resumed = Trainer(config(out, clips, steps=3, batch=1, resume=True, keep_last=1))
+    try:
+        assert resumed.load() and resumed.step == 2
+        assert not os.path.exists(os.path.join(root, "step_000003.tmp"))  # leftovers removed at start
+        for k, v in resumed.model.state_dict().items():
+            assert torch.equal(v.full_tensor(), saved_weights[k]), k
+        resumed.peak = 1e9  # pretend a GPU peak: the MFU path (cosmos_models.flops) runs and is logged
+        resumed.train()
+    finally:
+        resumed.close()
+    assert [s for s, _ in checkpointing.complete_checkpoints(root)] == [3]  # saved, then older ones pruned
+    with open(out / "train_log.jsonl") as f:
+        last = json.loads(f.readlines()[-1])
+    from cosmos_models import flops
+    useful = flops.count("tiny", batch=1, latent=(2, 8, 8), text_len=8)["total_train_step"]
+    assert last["step"] == 3 and math.isclose(last["mfu"], useful / last["step_time_s"] / 1e9, rel_tol=1e-9)
+    # a pointer to a missing folder (a kill between rename and pointer update) falls back to the newest
+    checkpointing.write_text_atomic(os.path.join(root, "latest"), "step_000009\n")
+    assert checkpointing.find_latest(root).endswith("step_000003")
+
+
+def test_cli_tiny_run_under_torchrun(tmp_path):
+    """The README path, under torchrun with 2 processes: no --data (generated clips), a checkpoint,
+    the log, the EMA export that `cosmos sample` loads."""
+    out = tmp_path / "tiny"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "cosmos_models.cli", "train", "--config", "tiny", "--out",
+           str(out), "--steps", "3", "--log-every", "1", "--frames", str(FRAMES), "--synthetic-clips", "4",
+           "--kernel-backend", "torch", "--dist-timeout", "60"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "step       3  loss" in proc.stdout
+    with open(out / "train_log.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert [r["step"] for r in records] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in records)
+    assert records[-1]["tokens_per_s"] > 0
+    assert checkpointing.find_latest(str(out / "checkpoints")).endswith("step_000003")
+    model = cm.build("tiny")
+    cm.load_checkpoint(model, str(out / "ema.safetensors"))
+    assert os.path.isfile(out / "vae" / "config.json")
