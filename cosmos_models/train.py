@@ -657,7 +657,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    trainer = Trainer(cfg)
+    try:
+        trainer = Trainer(cfg)
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:  # a bad setting, not a crash
+        print(f"cosmos train: error: {exc}", file=sys.stderr)
+        return 2
     try:
         trainer.train()
     finally:

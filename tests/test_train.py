@@ -226,13 +226,18 @@ def test_two_processes_fsdp_and_context_parallel_match_one_process(tmp_path, cli
         assert_curves_close(run[0], single[:len(run[0])])
 
 
-def test_context_parallel_image_batch_smaller_than_the_group(tmp_path, clips):
-    """One image per group and CP 2: both ranks compute it with CP off, the gradient counted once."""
-    common = dict(steps=2, image_prob=1.0, batch=1, image_batch=1, seed=1)
-    single = run_in_process(config(tmp_path / "one", clips, **common))
-    cp = run_forked(config(tmp_path / "cp", clips, cp=2, **common))
+def test_context_parallel_online_encoding_and_image_batch_smaller_than_the_group(tmp_path):
+    """Clips without cached latents: under CP 2 the group's cp rank 0 encodes the video and broadcasts
+    the latents; one image per group: both ranks compute it with CP off, its gradient counted once."""
+    from cosmos_models.data import make_synthetic_videos
+    raw = tmp_path / "raw"
+    make_synthetic_videos(raw, n=2, frames=12, size=(64, 64), text_len=8, text_dim=48)
+    common = dict(steps=3, image_prob=0.5, batch=1, image_batch=1, seed=0)  # step 3 is an image batch
+    single = run_in_process(config(tmp_path / "one", str(raw), **common))
+    cp = run_forked(config(tmp_path / "cp", str(raw), cp=2, **common))
     assert cp[0] == cp[1]
     assert_curves_close(cp[0], single)
+    assert not list(raw.glob("*.latent.pt"))  # nothing was cached: every step encoded online
 
 
 def test_kill_and_resume_continues_bit_identically(tmp_path, clips, monkeypatch):
