@@ -81,6 +81,7 @@ setup(
         "av>=12,<20",
         "opencv-python-headless>=4.8,<6",
         "diffusers>=0.42,<0.44",
+        "tqdm>=4.60,<5",  # progress bars of `cosmos train` / `cosmos sample`
     ],
     extras_require={
         "test": ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "matplotlib>=3.8,<4"],

@@ -167,7 +167,8 @@ _register(DiTConfig("tiny-natten", **{**_TINY, "num_blocks": 2},
                     sparse_attention=(SparseWindow((-1, 3, 3)), None)))
 _register(DiTConfig("tiny-transfer", **{**_TINY, "num_blocks": 4}, variant="transfer",
                     control_block_indices=(0, 2), image_context_dim=24, image_context_tokens=4))
-_register(DiTConfig("tiny-multiview", **_TINY, variant="multiview", frames_per_view=2))
+# 13 pixel frames -> 4 latent frames = 2 views x 2 latent frames each
+_register(DiTConfig("tiny-multiview", **{**_TINY, "num_frames": 13}, variant="multiview", frames_per_view=2))
 _register(DiTConfig("tiny-action", **_TINY, variant="action", action_hidden_dim=32))
 
 
