@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="weights: ours (safetensors from save_checkpoint / training export), official or "
                              "diffusers; EMA weights preferred. Without it: random init")
+    parser.add_argument("--student", default=None,
+                        help="weights of an rCM-distilled student (cosmos distill), instead of --checkpoint: sampled "
+                             "with its few-step sampler (--steps default 4, no guidance)")
     parser.add_argument("--vae", default=None,
                         help="a diffusers-format AutoencoderKLWan folder (WAN2.1). Without it: random init "
                              "(the tiny VAE for tiny configs)")
@@ -122,6 +125,11 @@ def _control(items):
 def _build_model(args, device, dtype):
     import cosmos_models as cm
 
+    if args.student is not None:
+        if args.checkpoint is not None:
+            raise ValueError("pass --student or --checkpoint, not both")
+        args.checkpoint = args.student
+
     name = args.config or (config_from_checkpoint(args.checkpoint) if args.checkpoint else None)
     if name is None:
         raise ValueError(f"--config is needed (the checkpoint records none); known configs: {cm.configs()}")
@@ -161,6 +169,12 @@ def run(args) -> int:
             return 2
 
 
+def _steps_text(args, cfg) -> str:
+    if args.student is not None:
+        return f"{args.steps or 4} rCM student steps"
+    return f"{args.steps or cfg.sample_steps} {args.solver} steps"
+
+
 def _check_args(args) -> None:
     """Argument errors before any model is built (a 2B network takes a while)."""
     from cosmos_models.solvers import check_guidance
@@ -173,7 +187,7 @@ def _check_args(args) -> None:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     if not args.out.lower().endswith(".mp4"):
         raise ValueError(f"--out must be an .mp4 path, got {args.out!r}")
-    for flag, path in (("--checkpoint", args.checkpoint), ("--prompt-embedding", args.prompt_embedding),
+    for flag, path in (("--checkpoint", args.checkpoint), ("--student", args.student), ("--prompt-embedding", args.prompt_embedding),
                        ("--negative-prompt-embedding", args.negative_prompt_embedding), ("--actions", args.actions),
                        *(("--image", p) for p in args.image or ()), *(("--video", p) for p in args.video or ())):
         if path is not None and not os.path.exists(path):
@@ -193,7 +207,11 @@ def _run(args) -> int:
         else:
             mode = "video2world" if args.video else "image2world" if args.image else "text2world"
     vae, vae_source = _build_vae(args, cfg, device)
-    sampler = Sampler(model, vae, device=device, dtype=dtype)
+    if args.student is not None:
+        from cosmos_models.distill import StudentSampler
+        sampler = StudentSampler(model, vae, device=device, dtype=dtype)
+    else:
+        sampler = Sampler(model, vae, device=device, dtype=dtype)
     single = mode != "multiview"
     for flag, values in (("--image", args.image), ("--video", args.video)):
         if single and values is not None and len(values) > 1:
@@ -211,8 +229,8 @@ def _run(args) -> int:
         condition_sigma=None if args.condition_sigma < 0 else args.condition_sigma, resize=args.resize,
         fps=args.fps, progress=not args.no_progress, output=args.out)
     print(f"cosmos sample: {mode} with {cfg.name} ({model_source}; VAE: {vae_source}) on {device} {dtype}, "
-          f"{len(sampler.last_run)} chunk(s) x {args.steps or cfg.sample_steps} {args.solver} steps, "
-          f"guidance {cfg.guidance if args.guidance is None else args.guidance}, seed {args.seed}")
+          f"{len(sampler.last_run)} chunk(s) x {_steps_text(args, cfg)}, "
+          f"guidance {0.0 if args.student else cfg.guidance if args.guidance is None else args.guidance}, seed {args.seed}")
     for path in paths if isinstance(paths, list) else [paths]:
         print(f"wrote {path}")
     return 0
