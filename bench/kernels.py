@@ -17,7 +17,7 @@ import torch
 
 from bench.common import environment, print_table, write_json
 
-FAMILIES = ["adaln", "ulysses", "rope", "flash_attention", "neighborhood_attention"]  # each kernel family adds its bench module here
+FAMILIES = ["adaln", "ulysses", "rope", "flash_attention", "neighborhood_attention", "distill"]  # each kernel family adds its bench module here
 COLUMNS = ["op", "shape", "dtype", "impl", "ms", "GB/s", "TFLOP/s", "vs_peer", "rel_err", "ok"]
 
 
