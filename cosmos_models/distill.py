@@ -32,8 +32,9 @@ f_θ = cos t·x_t − sin t·F_θ, so g = 0 exactly when the student is consiste
 does.) The JVP and the student's differentiable forward are ONE pass here (RCMConfig.one_pass_jvp):
 torch.func.jvp returns F_θ with its reverse-mode graph to the parameters, ∂F is detached (a target);
 rCM runs the JVP under no_grad and a second forward (one_pass_jvp=False, needed with activation
-checkpointing, whose backward recomputation cannot replay a forward-mode forward). Attention inside takes the fused JVP kernel (the forward-AD
-rule of cosmos_kernels.flash_attention), every other op its custom JVP rule.
+checkpointing, whose backward recomputation cannot replay a forward-mode forward). Attention inside
+takes the fused JVP kernel (the forward-AD rule of cosmos_kernels.flash_attention), every other op
+its custom JVP rule.
 
 DMD student term (after the tangent warmup, in student iterations):
 
@@ -245,7 +246,8 @@ def student_jvp(student: nn.Module, x_t: Tensor, t: Tensor, tangent_x: Tensor, t
 
 
 # ----------------------------------------------------------------------------- the sCM term
-def scm_tangents(x_t: Tensor, t_frames: Tensor, F_teacher: Tensor, frames: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def scm_tangents(x_t: Tensor, t_frames: Tensor, F_teacher: Tensor,
+                 frames: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(t_x, t_t) = (cos t·sin t·F_T, cos t·sin t): the ODE direction dx/dt = F_T, dt/dt = 1, times
     cos·sin; zero on conditioning frames (frames (B, T) == 1), which do not move."""
     cs = torch.cos(t_frames) * torch.sin(t_frames)

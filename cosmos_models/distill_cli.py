@@ -197,7 +197,8 @@ class Distiller:
         self.student = network(True, r.sac)
         self.fake_score = network(True, r.sac) if self.rcm.uses_dmd else None
         del holder, weights
-        opt = lambda net, lr: torch.optim.AdamW(net.parameters(), lr=lr, betas=tuple(map(float, self.rcm.betas)),  # noqa: E731
+        betas = tuple(map(float, self.rcm.betas))
+        opt = lambda net, lr: torch.optim.AdamW(net.parameters(), lr=lr, betas=betas,  # noqa: E731
                                                 weight_decay=self.rcm.weight_decay, eps=1e-8)
         self.opt_student = opt(self.student, self.rcm.student_lr)
         self.opt_fake = opt(self.fake_score, self.rcm.fake_lr) if self.rcm.uses_dmd else None
