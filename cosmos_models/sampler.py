@@ -730,25 +730,9 @@ class Sampler:
 
 
 def _progress_bar(enabled: bool, total: int, desc: str):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm comes with diffusers' dependencies
-        return _PlainProgress(enabled, total, desc)
+    from tqdm.auto import tqdm  # a declared dependency (setup.py install_requires)
+
     return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=False)
-
-
-class _PlainProgress:
-    def __init__(self, enabled: bool, total: int, desc: str):
-        self.enabled, self.total, self.desc, self.n = enabled, total, desc, 0
-
-    def update(self, k: int) -> None:
-        self.n += k
-        if self.enabled:
-            print(f"\r{self.desc}: {self.n}/{self.total}", end="", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.enabled:
-            print(file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- the `cosmos sample` command

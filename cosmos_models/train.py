@@ -61,10 +61,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from tqdm import tqdm
 
 import cosmos_models as cm
 from cosmos_kernels import ulysses
-from cosmos_models import checkpointing, flow, parallel, sac, train_data
+from cosmos_models import checkpointing, flops, flow, parallel, sac, train_data
 from cosmos_models.config import get_config
 from cosmos_models.data import resolve_resolution
 from cosmos_models.ema import EMA
@@ -430,22 +431,15 @@ class Trainer:
         return (t // c.patch_temporal) * (h // c.patch_spatial) * (w // c.patch_spatial)
 
     def _flops(self, latent_grid, batch: int, cp: int, share: float = 1.0) -> float | None:
-        """This rank's useful FLOPs of the step (cosmos_models.flops when present); `share` < 1 when
+        """This rank's useful FLOPs of the step (cosmos_models.flops); `share` < 1 when
         the cp ranks all compute the same batch (only one copy is useful)."""
         if self.peak is None:  # no known peak here (CPU, unknown GPU): no MFU to report
             return None
         key = (latent_grid, batch, cp)
         if key not in self._flops_cache:
-            try:
-                from cosmos_models import flops
-            except ImportError:
-                self._flops_cache[key] = None
-            else:
-                self._flops_cache[key] = float(flops.count(self.model_cfg, batch=batch, latent=latent_grid,
-                                                           text_len=self.model_cfg.text_len,
-                                                           cp=cp)["total_train_step"])
-        value = self._flops_cache[key]
-        return None if value is None else value * share
+            self._flops_cache[key] = float(flops.count(self.model_cfg, batch=batch, latent=latent_grid,
+                                                       text_len=self.model_cfg.text_len, cp=cp)["total_train_step"])
+        return self._flops_cache[key] * share
 
     # ------------------------------------------------------------------------------------------ loop
     def train(self) -> list[tuple[int, float]]:
@@ -478,18 +472,10 @@ class Trainer:
     def _progress_bar(self):
         if not (self.is_main and self.cfg.progress and sys.stderr.isatty()):
             return None
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return None
         return tqdm(total=self.cfg.steps, initial=self.step, desc="train", dynamic_ncols=True)
 
     def _print(self, line: str) -> None:
-        try:
-            from tqdm import tqdm
-            tqdm.write(line)
-        except ImportError:
-            print(line, flush=True)
+        tqdm.write(line)  # above an open progress bar; a plain print otherwise
 
     def _banner(self) -> str:
         r, lay = self.r, self.layout
@@ -506,9 +492,9 @@ class Trainer:
                   "losses": [w["loss"] for w in window], "lr": last["lr"], "grad_norm": last["grad_norm"],
                   "kind": last["kind"], "step_time_s": step_time,
                   "tokens_per_s": sum(w["tokens"] for w in window) / sum(w["step_time_s"] for w in window)}
-        flops = [w["flops"] for w in window]
-        if self.peak is not None and None not in flops:
-            record["mfu"] = sum(flops) / sum(w["step_time_s"] for w in window) / self.peak
+        step_flops = [w["flops"] for w in window]
+        if self.peak is not None and None not in step_flops:
+            record["mfu"] = sum(step_flops) / sum(w["step_time_s"] for w in window) / self.peak
             record["peak_flops"] = self.peak
         if not self.is_main:
             return
