@@ -41,13 +41,12 @@ from torch import nn
 
 import cosmos_models as cm
 from cosmos_models import flops as flop_count
-from cosmos_models import sac
+from cosmos_models import optim, sac
 from cosmos_models.flow import FlowMatching
 
 H100_SXM_BF16_DENSE = 989.4e12  # FLOP/s, NVIDIA H100 SXM datasheet, dense (no sparsity)
 RESOLUTIONS = {"480p": (480, 832), "720p": (704, 1280)}  # (height, width) pixels, as the official stages
 PRECISIONS = ("bf16", "fp32", "autocast")
-GRAD_CLIP = 0.1  # the official trainer's gradient clipping
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,8 +269,7 @@ class TrainStep:
         self.model = cm.build(cfg, device=self.device, dtype=weights, kernel_backend=settings.backend,
                               cp_group=cp_group)
         sac.apply(self.model, settings.sac)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.999),
-                                           weight_decay=cfg.weight_decay, fused=self.device.type == "cuda")
+        self.optimizer = optim.adamw(self.model, cfg.lr, cfg.weight_decay, fused=self.device.type == "cuda")
         self.flow = FlowMatching(timestep_scale=cfg.timestep_scale)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.count = settings.flops()
@@ -308,9 +306,7 @@ class TrainStep:
             loss = self.flow.loss(pred, inputs)
         loss.backward()
         with self._range("optimizer"):
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            optim.clip_and_step(self.model, self.optimizer)  # the trainer's update (cosmos_models.optim)
         return loss.detach()
 
 

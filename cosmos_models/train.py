@@ -65,7 +65,7 @@ from tqdm import tqdm
 
 import cosmos_models as cm
 from cosmos_kernels import ulysses
-from cosmos_models import checkpointing, flops, flow, parallel, sac, train_data
+from cosmos_models import checkpointing, flops, flow, optim, parallel, sac, train_data
 from cosmos_models.config import get_config
 from cosmos_models.data import resolve_resolution
 from cosmos_models.ema import EMA
@@ -95,7 +95,7 @@ class TrainConfig:
     warmup: int | None = None
     final_lr_ratio: float = 0.0
     weight_decay: float | None = None
-    grad_clip: float = 0.1
+    grad_clip: float = optim.GRAD_CLIP
     ema_sigma_rel: float | None = 0.1
     ema_decay: float | None = None
     cp: int = 1
@@ -290,8 +290,7 @@ class Trainer:
         self.checkpointed_blocks = sac.apply(self.model, r.sac)
         compute_dtype = PRECISIONS[r.precision]
         parallel.shard_model(self.model, lay, compute_dtype if compute_dtype != torch.float32 else None)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=r.lr, betas=(0.9, 0.999), eps=1e-8,
-                                           weight_decay=r.weight_decay)
+        self.optimizer = optim.adamw(self.model, r.lr, r.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, r.warmup, cfg.steps, cfg.final_lr_ratio))
         self.ema = EMA(self.model, sigma_rel=None if cfg.ema_decay is not None else cfg.ema_sigma_rel,
@@ -402,14 +401,11 @@ class Trainer:
                               fps=self.model_cfg.fps)
             loss = self.flow.loss(pred, inputs)
             (loss * backward_scale).backward()
-        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        lr = self.optimizer.param_groups[0]["lr"]
+        grad_norm = optim.clip_and_step(self.model, self.optimizer, cfg.grad_clip)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         beta = self.ema.update(self.model)
         reduced = (loss.detach().double() * log_weight).reshape(1)
         dist.all_reduce(reduced)
