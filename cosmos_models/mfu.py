@@ -43,6 +43,7 @@ import cosmos_models as cm
 from cosmos_models import flops as flop_count
 from cosmos_models import optim, sac
 from cosmos_models.flow import FlowMatching
+from cosmos_models.parallel import resolve_device
 
 H100_SXM_BF16_DENSE = 989.4e12  # FLOP/s, NVIDIA H100 SXM datasheet, dense (no sparsity)
 RESOLUTIONS = {"480p": (480, 832), "720p": (704, 1280)}  # (height, width) pixels, as the official stages
@@ -406,15 +407,6 @@ def _cp_group(cp: int, device: torch.device):
         raise ValueError(f"cp={cp} but this run has {dist.get_world_size()} processes; context parallel uses "
                          "the whole world as its group")
     return dist.group.WORLD
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return device
 
 
 @contextlib.contextmanager

@@ -74,7 +74,9 @@ def _check_positive(name: str, value) -> None:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
-def resolve_device(device: str | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device named (default: cuda when available), validated; a bare "cuda" is this process's
+    LOCAL_RANK GPU, made current."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
