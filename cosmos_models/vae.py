@@ -46,10 +46,8 @@ def pixel_frames(latent_frames: int) -> int:
 
 
 def _autoencoder_cls():
-    try:
-        from diffusers import AutoencoderKLWan
-    except ImportError as exc:  # pragma: no cover - diffusers is a dependency of the package
-        raise ImportError("cosmos_models.vae needs diffusers (pip install diffusers)") from exc
+    from diffusers import AutoencoderKLWan  # imported on first use: importing diffusers takes seconds
+
     return AutoencoderKLWan
 
 
