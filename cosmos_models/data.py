@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
@@ -58,11 +59,15 @@ class DataWarning(UserWarning):
 
 
 def resolve_resolution(resolution: str | Sequence[int]) -> tuple[int, int]:
-    """"256p" / "480p" / "720p" or an (H, W) pair -> (H, W)."""
+    """"256p" / "480p" / "720p", "HxW" in pixels (e.g. "704x1280") or an (H, W) pair -> (H, W)."""
     if isinstance(resolution, str):
-        if resolution not in RESOLUTIONS:
-            raise ValueError(f"resolution {resolution!r} is not one of {sorted(RESOLUTIONS)}; or pass (H, W)")
-        return RESOLUTIONS[resolution]
+        if resolution in RESOLUTIONS:
+            return RESOLUTIONS[resolution]
+        m = re.fullmatch(r"(\d+)x(\d+)", resolution.lower())
+        if m is None:
+            raise ValueError(f"resolution {resolution!r} is not one of {sorted(RESOLUTIONS)} or HxW "
+                             "(e.g. 704x1280); or pass (H, W)")
+        resolution = (int(m.group(1)), int(m.group(2)))
     if (isinstance(resolution, Sequence) and len(resolution) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in resolution)):
         return int(resolution[0]), int(resolution[1])

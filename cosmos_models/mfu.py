@@ -42,11 +42,11 @@ from torch import nn
 import cosmos_models as cm
 from cosmos_models import flops as flop_count
 from cosmos_models import optim, sac
+from cosmos_models.data import RESOLUTIONS, resolve_resolution
 from cosmos_models.flow import FlowMatching
 from cosmos_models.parallel import resolve_device
 
 H100_SXM_BF16_DENSE = 989.4e12  # FLOP/s, NVIDIA H100 SXM datasheet, dense (no sparsity)
-RESOLUTIONS = {"480p": (480, 832), "720p": (704, 1280)}  # (height, width) pixels, as the official stages
 PRECISIONS = ("bf16", "fp32", "autocast")
 
 
@@ -57,7 +57,7 @@ PRECISIONS = ("bf16", "fp32", "autocast")
 class StepSettings:
     """One training-step configuration (what a baseline entry records and re-measures).
 
-    resolution: "480p", "720p", "HxW" in pixels, or None for the config's default; frames: pixel
+    resolution: "256p", "480p", "720p" (cosmos_models.data.RESOLUTIONS), "HxW" in pixels, or None for the config's default; frames: pixel
     frames (4k+1; None: the config's); precision: "bf16" (weights, activations and AdamW in bf16,
     modulation in fp32), "fp32", or "autocast" (fp32 weights, bf16 autocast); None: bf16 on a GPU,
     fp32 on a CPU. backend: the kernel backend (None: dispatch default). threads: CPU intra-op
@@ -98,13 +98,11 @@ class StepSettings:
         frames = cfg.num_frames if self.frames is None else self.frames
         if self.resolution is None:
             return (frames, *cfg.resolution)
-        if self.resolution in RESOLUTIONS:
-            return (frames, *RESOLUTIONS[self.resolution])
-        m = re.fullmatch(r"(\d+)x(\d+)", self.resolution)
-        if not m:
+        try:
+            return (frames, *resolve_resolution(self.resolution))
+        except ValueError:
             raise ValueError(f"resolution={self.resolution!r}; expected one of {sorted(RESOLUTIONS)} or HxW in pixels "
-                             "(e.g. 64x64)")
-        return frames, int(m.group(1)), int(m.group(2))
+                             "(e.g. 64x64)") from None
 
     def resolved_precision(self, device: torch.device) -> str:
         return self.precision or ("bf16" if device.type == "cuda" else "fp32")
@@ -559,7 +557,7 @@ def print_result(result: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 def add_step_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="model config: " + ", ".join(cm.configs()))
-    p.add_argument("--resolution", default=None, help="480p, 720p or HxW pixels (default: the config's)")
+    p.add_argument("--resolution", default=None, help="256p, 480p, 720p or HxW pixels (default: the config's)")
     p.add_argument("--frames", type=int, default=None, help="pixel frames, 4k+1 (default: the config's)")
     p.add_argument("--batch", type=int, default=1, help="samples per rank")
     p.add_argument("--cp", type=int, default=1, help="context-parallel size (torchrun with that many processes)")

@@ -132,13 +132,10 @@ def _resolution(cfg: TrainConfig, model_cfg) -> tuple[int, int]:
     spec = cfg.resolution
     if spec is None:
         return tuple(model_cfg.resolution)
-    if isinstance(spec, str) and "x" in spec.lower():
-        try:
-            h, w = (int(v) for v in spec.lower().split("x"))
-        except ValueError:
-            raise ValueError(f"--resolution {spec!r}: expected 256p, 480p, 720p or HxW (e.g. 704x1280)") from None
-        return resolve_resolution((h, w))
-    return resolve_resolution(spec)
+    try:
+        return resolve_resolution(spec)
+    except ValueError:
+        raise ValueError(f"--resolution {spec!r}: expected 256p, 480p, 720p or HxW (e.g. 704x1280)") from None
 
 
 def shift_for_resolution(size: tuple[int, int]) -> float:
