@@ -393,8 +393,8 @@ class Distiller:
             self._print(f"cosmos distill: resumed from {path} at iteration {self.step}")
         return True
 
-    def close(self) -> None:
-        parallel.close(self.layout)
+    def close(self, *, barrier: bool = False) -> None:
+        parallel.close(self.layout, barrier=barrier)
 
 
 def _init_adam_state(optimizer: torch.optim.Optimizer) -> None:
@@ -484,8 +484,10 @@ def run(args) -> int:
     distiller = Distiller(cfg)
     try:
         distiller.train()
-    finally:
+    except BaseException:
         distiller.close()
+        raise
+    distiller.close(barrier=True)
     return 0
 
 

@@ -125,8 +125,13 @@ def init(device: str | None = None, cp: int = 1, replicate: int = 1, timeout_s: 
     return Layout(world, rank, cp, replicate, dev, backend, fsdp_mesh, cp_group, owns)
 
 
-def close(layout: Layout) -> None:
+def close(layout: Layout, *, barrier: bool = False) -> None:
+    """Destroy the process group this run made. `barrier=True` (a run that finished normally) first
+    waits for every rank, so no rank tears gloo down while a peer is still in its last collective
+    (seen as a rank aborting at exit under load). After an error no barrier: a dead peer would hang it."""
     if layout.owns_process_group and dist.is_initialized():
+        if barrier and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

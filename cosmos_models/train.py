@@ -574,8 +574,8 @@ class Trainer:
             self._print(f"cosmos train: WARNING: resuming with settings that differ from the checkpoint's ({listed}); "
                         "the continuation is not the run that was interrupted")
 
-    def close(self) -> None:
-        parallel.close(self.layout)
+    def close(self, *, barrier: bool = False) -> None:
+        parallel.close(self.layout, barrier=barrier)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -643,8 +643,10 @@ def run(args) -> int:
         return 2
     try:
         trainer.train()
-    finally:
+    except BaseException:
         trainer.close()
+        raise
+    trainer.close(barrier=True)
     return 0
 
 
