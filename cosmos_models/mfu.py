@@ -267,6 +267,7 @@ class TrainStep:
         self.autocast = precision == "autocast"
         self.model = cm.build(cfg, device=self.device, dtype=weights, kernel_backend=settings.backend,
                               cp_group=cp_group)
+        self.cp_group = cp_group
         sac.apply(self.model, settings.sac)
         self.optimizer = optim.adamw(self.model, cfg.lr, cfg.weight_decay, fused=self.device.type == "cuda")
         self.flow = FlowMatching(timestep_scale=cfg.timestep_scale)
@@ -304,9 +305,25 @@ class TrainStep:
         with self._range("loss"):
             loss = self.flow.loss(pred, inputs)
         loss.backward()
+        if self.cp_group is not None:
+            with self._range("cp_grad_allreduce"):
+                self._sum_gradients_over_cp()
         with self._range("optimizer"):
             optim.clip_and_step(self.model, self.optimizer)  # the trainer's update (cosmos_models.optim)
         return loss.detach()
+
+
+    def _sum_gradients_over_cp(self) -> None:
+        """Under CP each rank holds partial parameter gradients (dit.py); sum them over the group in
+        one collective, as the trainer's FSDP reduce-scatter does, so the timed step includes that
+        communication and the ranks' weights stay identical."""
+        import torch.distributed as dist
+
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, group=self.cp_group)
+        for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(part.view_as(g))
 
 
 # ---------------------------------------------------------------------------------------------
