@@ -11,3 +11,71 @@ def runnable_backends(op: str, device: str = "cpu") -> list[str]:
     info = dispatch.registered_ops()[op]
     dev = torch.device(device)
     return [b for b in info.backends if not dispatch.unavailable_reason(b, dev)]
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface (for a gloo rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _forked_rank(fn, rank, world, port, queue, hang_after):
+    import faulthandler
+    import gc
+    import os
+    import traceback
+
+    # never finalize objects inherited from the parent (e.g. its destroyed process groups, whose
+    # destructors would wait for threads that do not exist in a forked child)
+    gc.freeze()
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    faulthandler.dump_traceback_later(hang_after, exit=True)  # a hung rank shows where it hangs
+    try:
+        queue.put((rank, "ok", fn()))
+    except BaseException:  # noqa: BLE001 - reported by the parent
+        queue.put((rank, "error", traceback.format_exc()))
+
+
+def run_forked(fn, world: int = 2, timeout: float = 150) -> dict:
+    """Run fn() on `world` forked ranks with the env:// rendezvous variables set (RANK, WORLD_SIZE,
+    MASTER_ADDR/PORT on 127.0.0.1); {rank: fn's result}. A rank that raises fails the caller with
+    its traceback; a rank that hangs dumps its stack and exits before `timeout`."""
+    import gc
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    port = free_port()
+    gc.collect()  # the parent's garbage (earlier runs' process groups) goes before the fork
+    procs = [ctx.Process(target=_forked_rank, args=(fn, r, world, port, queue, timeout - 10), daemon=True)
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    results = {}
+    try:
+        for _ in procs:
+            rank, status, value = queue.get(timeout=timeout)
+            results[rank] = (status, value)
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    errors = {r: v for r, (s, v) in results.items() if s != "ok"}
+    assert not errors, "\n".join(f"--- rank {r} ---\n{v}" for r, v in errors.items())
+    return {r: v for r, (_, v) in results.items()}
+
+
+def assert_curves_close(a, b, rtol=1e-4):
+    """Two [(step, loss)] curves: same steps, finite losses within rtol."""
+    import math
+
+    assert [s for s, _ in a] == [s for s, _ in b]
+    for (step, x), (_, y) in zip(a, b):
+        assert math.isfinite(x) and abs(x - y) <= rtol * abs(y), (step, x, y, a, b)

@@ -6,12 +6,8 @@ Triton backend in the interpreter, FSDP2 and context parallelism on 2 gloo ranks
 exact resume, a toy teacher distilled into a measurably better 4-step student, the few-step sampler
 and `cosmos sample --student` / `cosmos distill`."""
 import copy
-import faulthandler
-import gc
 import math
 import os
-import socket
-import traceback
 from types import SimpleNamespace
 
 import pytest
@@ -27,7 +23,8 @@ from cosmos_kernels.reference import rope as ref_rope
 from cosmos_kernels.testing import assert_close
 from cosmos_models import dit, distill as D, flow, solvers, train_data
 from cosmos_models.distill_cli import DistillConfig, Distiller
-from tests.helpers import runnable_backends
+from tests import helpers
+from tests.helpers import assert_curves_close, runnable_backends
 
 F64 = torch.float64
 
@@ -410,52 +407,9 @@ def run_in_process(cfg: DistillConfig):
         distiller.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_main(rank, world, port, cfg, queue):
-    gc.freeze()  # never finalize the parent's objects (its process groups) in a forked child
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    faulthandler.dump_traceback_later(140, exit=True)
-    try:
-        queue.put((rank, "ok", run_in_process(cfg)))
-    except BaseException:  # noqa: BLE001 - reported by the parent
-        queue.put((rank, "error", traceback.format_exc()))
-
-
 def run_forked(cfg: DistillConfig, world: int = 2) -> dict[int, list]:
-    import torch.multiprocessing as mp
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    port = _free_port()
-    gc.collect()
-    procs = [ctx.Process(target=_rank_main, args=(r, world, port, cfg, queue), daemon=True) for r in range(world)]
-    for p in procs:
-        p.start()
-    results = {}
-    try:
-        for _ in procs:
-            rank, status, value = queue.get(timeout=150)
-            results[rank] = (status, value)
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-    errors = {r: v for r, (s, v) in results.items() if s != "ok"}
-    assert not errors, "\n".join(f"--- rank {r} ---\n{v}" for r, v in errors.items())
-    return {r: v for r, (_, v) in results.items()}
-
-
-def assert_curves_close(a, b, rtol=1e-4):
-    assert [s for s, _ in a] == [s for s, _ in b]
-    for (step, x), (_, y) in zip(a, b):
-        assert math.isfinite(x) and abs(x - y) <= rtol * abs(y), (step, x, y, a, b)
+    """Run `cfg` on `world` forked ranks of a gloo group; {rank: [(step, loss)]}."""
+    return helpers.run_forked(lambda: run_in_process(cfg), world)
 
 
 @pytest.mark.timeout(300)

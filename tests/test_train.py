@@ -4,15 +4,11 @@ a crash, atomic checkpoints, joint image/video batches with CP off for images, t
 
 Every run trains the tiny config on 64x64, 5-frame clips (2 latent frames, so CP 2 splits them) with
 cached latents generated once per module."""
-import faulthandler
-import gc
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
-import traceback
 
 import pytest
 import torch
@@ -21,6 +17,8 @@ import cosmos_models as cm
 from cosmos_models import checkpointing, sac, train_data
 from cosmos_models.ema import EMA, power_exponent
 from cosmos_models.train import TrainConfig, Trainer, lr_factor, resolve
+from tests import helpers
+from tests.helpers import assert_curves_close
 
 FRAMES = 5
 
@@ -48,55 +46,9 @@ def run_in_process(cfg: TrainConfig):
         trainer.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_main(rank, world, port, cfg, queue):
-    # never finalize objects inherited from the parent (e.g. its destroyed process groups, whose
-    # destructors would wait for threads that do not exist in a forked child)
-    gc.freeze()
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    faulthandler.dump_traceback_later(140, exit=True)  # a hung rank shows where it hangs
-    try:
-        queue.put((rank, "ok", run_in_process(cfg)))
-    except BaseException:  # noqa: BLE001 - reported by the parent
-        queue.put((rank, "error", traceback.format_exc()))
-
-
 def run_forked(cfg: TrainConfig, world: int = 2) -> dict[int, list]:
-    """Train on `world` forked ranks of a gloo group; {rank: [(step, loss)]}."""
-    import torch.multiprocessing as mp
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    port = free_port()
-    gc.collect()  # the parent's garbage (earlier runs' process groups) goes before the fork
-    procs = [ctx.Process(target=_rank_main, args=(r, world, port, cfg, queue), daemon=True) for r in range(world)]
-    for p in procs:
-        p.start()
-    results = {}
-    try:
-        for _ in procs:
-            rank, status, value = queue.get(timeout=150)
-            results[rank] = (status, value)
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-    errors = {r: v for r, (s, v) in results.items() if s != "ok"}
-    assert not errors, "\n".join(f"--- rank {r} ---\n{v}" for r, v in errors.items())
-    return {r: v for r, (_, v) in results.items()}
-
-
-def assert_curves_close(a, b, rtol=1e-4):
-    assert [s for s, _ in a] == [s for s, _ in b]
-    for (step, x), (_, y) in zip(a, b):
-        assert math.isfinite(x) and abs(x - y) <= rtol * abs(y), (step, x, y, a, b)
+    """Run `cfg` on `world` forked ranks of a gloo group; {rank: [(step, loss)]}."""
+    return helpers.run_forked(lambda: run_in_process(cfg), world)
 
 
 # ------------------------------------------------------------------------------------------ SAC
@@ -333,7 +285,7 @@ def test_cli_tiny_run_under_torchrun(tmp_path):
     the log, the EMA export that `cosmos sample` loads."""
     out = tmp_path / "tiny"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "cosmos_models.cli", "train", "--config", "tiny", "--out",
+           "--master_port", str(helpers.free_port()), "-m", "cosmos_models.cli", "train", "--config", "tiny", "--out",
            str(out), "--steps", "3", "--log-every", "1", "--frames", str(FRAMES), "--synthetic-clips", "4",
            "--kernel-backend", "torch", "--dist-timeout", "60"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170)
