@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import cosmos_kernels as ck
-from bench.common import peak_memory, time_fn
-from cosmos_kernels import dispatch
+from bench.common import backward_only, ours_backends, peak_memory, time_fn
 from cosmos_kernels.reference import flash_attention as ref
 from cosmos_kernels.testing import rel_err, threshold
 
@@ -35,24 +34,12 @@ MATERIALIZE_LIMIT = 1 << 28  # score elements (B·H·S_q·S_k) up to which the p
 FD_TOLERANCE = 1e-3  # the central difference's own error (fp32, ε = 1e-3) is ~1e-4
 
 
-def _ours_backends(device: torch.device) -> list[str]:
-    info = dispatch.registered_ops()["flash_attention"]
-    return [b for b in info.backends if not dispatch.unavailable_reason(b, device)]
-
-
 def _sdpa(backend):
     """SDPA on our (B, S, H, D) layout, pinned to one backend."""
     def fn(q, k, v):
         with sdpa_kernel(backend):
             return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
     return fn
-
-
-def _grads(fn, q, k, v, grad):
-    """A callable timing the backward alone: the forward graph is built once, kept (retain_graph)."""
-    args = [t.detach().requires_grad_() for t in (q, k, v)]
-    out = fn(*args)
-    return lambda: torch.autograd.grad(out, args, grad, retain_graph=True)
 
 
 def _finite_difference_tangent(q, k, v, tangents, eps=1e-3):
@@ -102,7 +89,7 @@ def _bench_shape(shape, dtype, device, quick) -> list[dict]:
             ms = _timed(lambda: fn(q, k, v), device, quick, large)
             peer_ms["fwd"][name] = ms
             rows.append(_row("flash_attention.fwd", shape, dtype, name, ms, fwd_flops))
-            ms = _timed(_grads(fn, q, k, v, grad), device, quick, large)
+            ms = _timed(backward_only(fn, (q, k, v), grad), device, quick, large)
             peer_ms["bwd"][name] = ms
             rows.append(_row("flash_attention.bwd", shape, dtype, name, ms, 2.5 * fwd_flops))
         except Exception as exc:  # noqa: BLE001 - a backend that cannot run this case is reported
@@ -128,7 +115,7 @@ def _bench_shape(shape, dtype, device, quick) -> list[dict]:
     def best(kind):
         return min(peer_ms[kind].values()) if peer_ms[kind] else None
 
-    for backend in _ours_backends(device):
+    for backend in ours_backends("flash_attention", device):
         impl = f"ours:{backend}"
         if backend == "torch" and large:
             rows.append(dict(op="flash_attention", shape=str(shape), dtype=str(dtype).replace("torch.", ""),
@@ -147,7 +134,7 @@ def _bench_shape(shape, dtype, device, quick) -> list[dict]:
             args = [t.detach().requires_grad_() for t in (q, k, v)]
             got = torch.autograd.grad(fa(*args), args, grad)
             err = max(rel_err(g, e) for g, e in zip(got, expect_grads)) if expect_grads is not None else None
-            ms = _timed(_grads(fa, q, k, v, grad), device, quick, large)
+            ms = _timed(backward_only(fa, (q, k, v), grad), device, quick, large)
             rows.append(_row("flash_attention.bwd", shape, dtype, impl, ms, 2.5 * fwd_flops, rel_err=err,
                              ok=None if err is None else err <= threshold(dtype, grad=True),
                              vs_peer=best("bwd") / ms if best("bwd") else None, ref=ref_name))

@@ -20,8 +20,7 @@ import warnings
 import torch
 
 import cosmos_kernels as ck
-from bench.common import time_fn
-from cosmos_kernels import dispatch
+from bench.common import backward_only, ours_backends, time_fn
 from cosmos_kernels.neighborhood_attention import attended_pairs, resolve_geometry
 from cosmos_kernels.reference import neighborhood_attention as ref
 from cosmos_kernels.testing import rel_err, threshold
@@ -36,21 +35,9 @@ HEADS, HEAD_DIM = 16, 128
 SAMPLED_ROWS = 256
 
 
-def _ours_backends(device: torch.device) -> list[str]:
-    info = dispatch.registered_ops()["neighborhood_attention_3d"]
-    return [b for b in info.backends if not dispatch.unavailable_reason(b, device)]
-
-
 def _timed(fn, device, quick):
     warmup, iters = (1, 3) if quick else (3, 10)
     return time_fn(fn, device, warmup=warmup, iters=iters) * 1e3
-
-
-def _grads_fn(fn, q, k, v, grad):
-    """Times the backward alone: the forward graph is built once and kept."""
-    args = [t.detach().requires_grad_() for t in (q, k, v)]
-    out = fn(*args)
-    return lambda: torch.autograd.grad(out, args, grad, retain_graph=True)
 
 
 def _dense_attention():
@@ -138,7 +125,7 @@ def _bench_case(case, dtype, device, quick) -> list[dict]:
         try:
             dense_ms["fwd"] = _timed(lambda: dense(q, k, v), device, quick)
             rows.append(_row("dense.fwd", shape, dtype, "ours:flash_attention", dense_ms["fwd"], dense_flops))
-            dense_ms["bwd"] = _timed(_grads_fn(dense, q, k, v, grad), device, quick)
+            dense_ms["bwd"] = _timed(backward_only(dense, (q, k, v), grad), device, quick)
             rows.append(_row("dense.bwd", shape, dtype, "ours:flash_attention", dense_ms["bwd"], 2.5 * dense_flops))
         except Exception as exc:  # noqa: BLE001 - reported, the rest of the case still runs
             rows.append(_note("dense", shape, dtype, "ours:flash_attention", f"{type(exc).__name__}: {exc}"[:120]))
@@ -171,14 +158,14 @@ def _bench_case(case, dtype, device, quick) -> list[dict]:
             flex_grads = torch.autograd.grad(flex(*args), args, grad)
             if expect_grads is None:
                 expect_grads, grads_ref = flex_grads, "flex_attention"
-            flex_ms["bwd"] = _timed(_grads_fn(flex, q, k, v, grad), device, quick)
+            flex_ms["bwd"] = _timed(backward_only(flex, (q, k, v), grad), device, quick)
             rows.append(_row("neighborhood_attention_3d.bwd", shape, dtype, "flex_attention", flex_ms["bwd"],
                              2.5 * fwd_flops, **common))
         except Exception as exc:  # noqa: BLE001
             rows.append(_note("neighborhood_attention_3d", shape, dtype, "flex_attention", f"{type(exc).__name__}: {exc}"[:120]))
 
     tile_eff = _tile_efficiency(geometry, device)
-    for backend in _ours_backends(device):
+    for backend in ours_backends("neighborhood_attention_3d", device):
         impl = f"ours:{backend}"
         if backend == "torch" and not quick:
             rows.append(_note("neighborhood_attention_3d", shape, dtype, impl, "skipped: the reference materializes S×S"))
@@ -196,7 +183,7 @@ def _bench_case(case, dtype, device, quick) -> list[dict]:
             args = [t.detach().requires_grad_() for t in (q, k, v)]
             got = torch.autograd.grad(fn(*args), args, grad)
             err = max(rel_err(g, e) for g, e in zip(got, expect_grads)) if expect_grads is not None else None
-            ms = _timed(_grads_fn(fn, q, k, v, grad), device, quick)
+            ms = _timed(backward_only(fn, (q, k, v), grad), device, quick)
             rows.append(_row("neighborhood_attention_3d.bwd", shape, dtype, impl, ms, 2.5 * fwd_flops, rel_err=err,
                              ok=None if err is None else err <= threshold(dtype, grad=True), **common,
                              ideal_frac=dense_ms["bwd"] / ms / flop_ratio if "bwd" in dense_ms else None,

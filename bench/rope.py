@@ -6,22 +6,12 @@ from __future__ import annotations
 import torch
 
 import cosmos_kernels as ck
-from bench.adaln import bandwidth_rows, ours_backends
+from bench.common import bandwidth_rows, forward_backward, ours_backends
 from cosmos_kernels.reference import rope as ref
 
 # (B, (T, H, W) latent token grid, heads, D): the 2B model at 720p (24 x 44 x 80 tokens, 16 x 128)
 FULL_SHAPES = [(1, (24, 44, 80), 16, 128)]
 QUICK_SHAPES = [(1, (2, 4, 6), 4, 64)]
-
-
-def _grad_of(fn, inputs, grads):
-    """A callable running fn forward and backward; returns the input gradients."""
-    def run():
-        leaves = [t.detach().requires_grad_() for t in inputs]
-        outs = fn(*leaves)
-        torch.autograd.backward(outs if isinstance(outs, tuple) else (outs,), grads)
-        return tuple(t.grad for t in leaves)
-    return run
 
 
 def _rope_rows(shape, dtype, device, quick, compiled):
@@ -40,11 +30,11 @@ def _rope_rows(shape, dtype, device, quick, compiled):
     rows += bandwidth_rows("apply_rope3d", label, dtype, 2 * io + table, ours, peers,
                            ref.apply_rope3d(x, freqs), device, quick)
     # forward + backward: twice that (the backward reads the gradient and the table, writes dx)
-    ours = {b: _grad_of(lambda t, b=b: ck.apply_rope3d(t, freqs, backend=b), (x,), (g,))
+    ours = {b: forward_backward(lambda t, b=b: ck.apply_rope3d(t, freqs, backend=b), (x,), (g,))
             for b in ours_backends("apply_rope3d", device)}
-    peers = {"torch-eager": _grad_of(lambda t: ref.apply_rope3d(t, freqs), (x,), (g,)),
-             "torch.compile": _grad_of(lambda t: compiled(t, freqs), (x,), (g,))}
-    expect = _grad_of(lambda t: ref.rope(t.float(), freqs), (x,), (g.float(),))()
+    peers = {"torch-eager": forward_backward(lambda t: ref.apply_rope3d(t, freqs), (x,), (g,)),
+             "torch.compile": forward_backward(lambda t: compiled(t, freqs), (x,), (g,))}
+    expect = forward_backward(lambda t: ref.rope(t.float(), freqs), (x,), (g.float(),))()
     rows += bandwidth_rows("apply_rope3d fwd+bwd", label, dtype, 4 * io + 2 * table, ours, peers,
                            expect, device, quick)
     return rows
@@ -69,11 +59,11 @@ def _qk_rows(shape, dtype, device, quick, compiled):
     rows += bandwidth_rows("qk_norm_rope", label, dtype, 4 * io + table, ours, peers,
                            ref.qk_norm_rope(q, k, qw, kw, freqs, 1e-6), device, quick)
     # forward + backward: the backward reads q, k, gq, gk and the table, writes dq, dk
-    ours = {b: _grad_of(lambda *t, b=b: ck.qk_norm_rope(*t, freqs, backend=b), (q, k, qw, kw), (gq, gk))
+    ours = {b: forward_backward(lambda *t, b=b: ck.qk_norm_rope(*t, freqs, backend=b), (q, k, qw, kw), (gq, gk))
             for b in ours_backends("qk_norm_rope", device)}
-    peers = {"torch-eager": _grad_of(lambda *t: ref.qk_norm_rope(*t, freqs, 1e-6), (q, k, qw, kw), (gq, gk)),
-             "torch.compile": _grad_of(lambda *t: compiled(*t, freqs, 1e-6), (q, k, qw, kw), (gq, gk))}
-    expect = _grad_of(lambda *t: ref.qk_norm_rope(*t, freqs, 1e-6),
+    peers = {"torch-eager": forward_backward(lambda *t: ref.qk_norm_rope(*t, freqs, 1e-6), (q, k, qw, kw), (gq, gk)),
+             "torch.compile": forward_backward(lambda *t: compiled(*t, freqs, 1e-6), (q, k, qw, kw), (gq, gk))}
+    expect = forward_backward(lambda *t: ref.qk_norm_rope(*t, freqs, 1e-6),
                       tuple(t.float() for t in (q, k, qw, kw)), (gq.float(), gk.float()))()
     rows += bandwidth_rows("qk_norm_rope fwd+bwd", label, dtype, 10 * io + 2 * table, ours, peers,
                            expect, device, quick)

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.adaln import bandwidth_rows, ours_backends
-from bench.common import print_table
+from bench.common import bandwidth_rows, ours_backends, print_table
 from cosmos_kernels import ulysses as uly
 from cosmos_kernels.reference import ulysses as ref
 
