@@ -36,7 +36,7 @@ def _rope_rows(shape, dtype, device, quick, compiled):
              "torch.compile": forward_backward(lambda t: compiled(t, freqs), (x,), (g,))}
     expect = forward_backward(lambda t: ref.rope(t.float(), freqs), (x,), (g.float(),))()
     rows += bandwidth_rows("apply_rope3d fwd+bwd", label, dtype, 4 * io + 2 * table, ours, peers,
-                           expect, device, quick)
+                           expect, device, quick, grad=True)
     return rows
 
 
@@ -66,7 +66,7 @@ def _qk_rows(shape, dtype, device, quick, compiled):
     expect = forward_backward(lambda *t: ref.qk_norm_rope(*t, freqs, 1e-6),
                       tuple(t.float() for t in (q, k, qw, kw)), (gq.float(), gk.float()))()
     rows += bandwidth_rows("qk_norm_rope fwd+bwd", label, dtype, 10 * io + 2 * table, ours, peers,
-                           expect, device, quick)
+                           expect, device, quick, grad=True)
     return rows
 
 
