@@ -40,14 +40,6 @@ def _timed(fn, device, quick):
     return time_fn(fn, device, warmup=warmup, iters=iters) * 1e3
 
 
-def _dense_attention():
-    """Our dense flash attention, or None (with the reason) if that family is not importable."""
-    try:
-        return ck.flash_attention, None
-    except (ImportError, AttributeError) as exc:
-        return None, f"cosmos_kernels.flash_attention unavailable: {type(exc).__name__}: {exc}"[:120]
-
-
 def _flex(geometry, S: int, device, quick: bool):
     """FlexAttention over our (B, S, H, D) layout with the neighborhood as a BlockMask (the mask
     function looks up the reference's per-axis masks), or (None, reason). Compiled (its real
@@ -118,17 +110,14 @@ def _bench_case(case, dtype, device, quick) -> list[dict]:
 
     # dense baseline: our flash attention on the same tokens
     dense_ms = {}
-    dense, why = _dense_attention()
-    if dense is None:
-        rows.append(_note("dense", shape, dtype, "ours:flash_attention", why))
-    else:
-        try:
-            dense_ms["fwd"] = _timed(lambda: dense(q, k, v), device, quick)
-            rows.append(_row("dense.fwd", shape, dtype, "ours:flash_attention", dense_ms["fwd"], dense_flops))
-            dense_ms["bwd"] = _timed(backward_only(dense, (q, k, v), grad), device, quick)
-            rows.append(_row("dense.bwd", shape, dtype, "ours:flash_attention", dense_ms["bwd"], 2.5 * dense_flops))
-        except Exception as exc:  # noqa: BLE001 - reported, the rest of the case still runs
-            rows.append(_note("dense", shape, dtype, "ours:flash_attention", f"{type(exc).__name__}: {exc}"[:120]))
+    dense = ck.flash_attention
+    try:
+        dense_ms["fwd"] = _timed(lambda: dense(q, k, v), device, quick)
+        rows.append(_row("dense.fwd", shape, dtype, "ours:flash_attention", dense_ms["fwd"], dense_flops))
+        dense_ms["bwd"] = _timed(backward_only(dense, (q, k, v), grad), device, quick)
+        rows.append(_row("dense.bwd", shape, dtype, "ours:flash_attention", dense_ms["bwd"], 2.5 * dense_flops))
+    except Exception as exc:  # noqa: BLE001 - reported, the rest of the case still runs
+        rows.append(_note("dense", shape, dtype, "ours:flash_attention", f"{type(exc).__name__}: {exc}"[:120]))
 
     # references
     if quick:
@@ -193,12 +182,10 @@ def _bench_case(case, dtype, device, quick) -> list[dict]:
     return rows
 
 
-def _tile_efficiency(geometry, device) -> float | None:
+def _tile_efficiency(geometry, device) -> float:
     """Attended pairs / pairs the forward's tiles compute, for the H100 launch configuration."""
-    try:
-        from cosmos_kernels.triton import neighborhood_attention as tri
-    except ImportError:
-        return None
+    from cosmos_kernels.triton import neighborhood_attention as tri
+
     geom = tri.Geometry(*geometry)
     cfg = tri.GPU_CONFIGS["fwd"] if device.type == "cuda" else tri.INTERPRETER_CONFIG
     p = tri.plan(geom, cfg.block_outer, cfg.block_inner, True)
