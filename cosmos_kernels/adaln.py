@@ -24,6 +24,7 @@ from torch import Tensor
 from cosmos_kernels import _ext, _alloc, dispatch
 from cosmos_kernels import _validate as V
 from cosmos_kernels._op import differentiable
+from cosmos_kernels.reference import compute_dtype
 from cosmos_kernels.reference import adaln as ref
 
 # prefer_cuda stays False for all three: the csrc kernels have not been timed on a GPU yet, so
@@ -192,10 +193,6 @@ def _impl(backend: str):
     return _BACKENDS[backend]
 
 
-def _stats_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 # ---------------------------------------------------------------------------------------------
 # validation
 # ---------------------------------------------------------------------------------------------
@@ -342,7 +339,7 @@ def _adaln_op(x: Tensor, shift: Tensor, scale: Tensor, eps: float, backend: str)
 
 @_adaln_op.register_fake
 def _(x, shift, scale, eps, backend):
-    stats = x.new_empty(x.shape[:2], dtype=_stats_dtype(x))
+    stats = x.new_empty(x.shape[:2], dtype=compute_dtype(x))
     return torch.empty_like(x), stats, torch.empty_like(stats)
 
 
@@ -426,7 +423,7 @@ def _gr_adaln_op(x: Tensor, y: Tensor, gate: Tensor, shift: Tensor, scale: Tenso
 
 @_gr_adaln_op.register_fake
 def _(x, y, gate, shift, scale, eps, backend):
-    stats = x.new_empty(x.shape[:2], dtype=_stats_dtype(x))
+    stats = x.new_empty(x.shape[:2], dtype=compute_dtype(x))
     return torch.empty_like(x), torch.empty_like(x), stats, torch.empty_like(stats)
 
 

@@ -25,6 +25,7 @@ from torch import Tensor
 from cosmos_kernels import dispatch
 from cosmos_kernels import _validate as V
 from cosmos_kernels._op import differentiable
+from cosmos_kernels.reference import compute_dtype
 from cosmos_kernels.reference import flash_attention as ref
 
 dispatch.register_op("flash_attention", backends=("triton", "torch"))
@@ -41,13 +42,9 @@ def _impl(backend: str):
     return None
 
 
-def _lse_dtype(q: Tensor) -> torch.dtype:
-    return torch.float64 if q.dtype == torch.float64 else torch.float32
-
-
 def _fake_lse(q: Tensor) -> Tensor:
     B, S_q, H, _ = q.shape
-    return q.new_empty((B, H, S_q), dtype=_lse_dtype(q))
+    return q.new_empty((B, H, S_q), dtype=compute_dtype(q))
 
 
 def _last_dim_contiguous(t: Tensor) -> Tensor:

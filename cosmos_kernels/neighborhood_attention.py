@@ -33,6 +33,7 @@ from torch import Tensor
 from cosmos_kernels import _validate as V
 from cosmos_kernels import dispatch
 from cosmos_kernels._op import differentiable
+from cosmos_kernels.reference import compute_dtype
 from cosmos_kernels.reference import neighborhood_attention as ref
 
 OP = "neighborhood_attention_3d"
@@ -122,10 +123,6 @@ def _contiguous(tensors):
     return tuple(t.contiguous() for t in tensors)
 
 
-def _lse_dtype(q: Tensor) -> torch.dtype:
-    return torch.float64 if q.dtype == torch.float64 else torch.float32
-
-
 # ---------------------------------------------------------------------------------------------
 # custom ops: forward (out, lse), backward (dq, dk, dv), JVP (t_out, t_lse)
 # ---------------------------------------------------------------------------------------------
@@ -140,7 +137,7 @@ def _na3d_op(q: Tensor, k: Tensor, v: Tensor, grid: list[int], kernel_size: list
 @_na3d_op.register_fake
 def _(q, k, v, grid, kernel_size, dilation, stride, is_causal, scale, backend):
     B, S, H, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((B, H, S), dtype=_lse_dtype(q))
+    return q.new_empty(q.shape), q.new_empty((B, H, S), dtype=compute_dtype(q))
 
 
 @torch.library.custom_op("cosmos_kernels::neighborhood_attention_3d_bwd", mutates_args=())
@@ -175,7 +172,7 @@ def _na3d_jvp_op(q: Tensor, k: Tensor, v: Tensor, tq: Tensor, tk: Tensor, tv: Te
 @_na3d_jvp_op.register_fake
 def _(q, k, v, tq, tk, tv, out, lse, grid, kernel_size, dilation, stride, is_causal, scale, backend):
     B, S, H, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((B, H, S), dtype=_lse_dtype(q))
+    return q.new_empty(q.shape), q.new_empty((B, H, S), dtype=compute_dtype(q))
 
 
 def _setup(ctx, inputs, output):
