@@ -2,6 +2,8 @@
 what is supported, so a user never meets a Triton crash or a silently wrong result."""
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -70,6 +72,15 @@ def check_choice(op: str, name: str, value, choices: Sequence) -> None:
 def check_positive(op: str, name: str, value: float) -> None:
     if not value > 0:
         raise ValueError(f"{op}: {name} must be > 0, got {value!r}")
+
+
+def check_real(op: str, name: str, value, *, positive: bool = False) -> float:
+    """A finite real Python number (not a bool, not a tensor), > 0 with `positive`; as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise TypeError(f"{op}: {name} must be a real number (finite), got {value!r}")
+    if positive:
+        check_positive(op, name, value)
+    return float(value)
 
 
 def check_backend_dtype(op: str, backend: str, t: torch.Tensor) -> None:

@@ -16,8 +16,6 @@ Every op has a reverse-mode formula (custom-op backward kernels) and a forward-m
 """
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import Tensor
 
@@ -237,13 +235,6 @@ def _modulation(op: str, x: Tensor, **mods) -> list[Tensor]:
     return out
 
 
-def _check_eps(op: str, eps) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"{op}: eps must be a real number, got {type(eps).__name__}")
-    V.check_positive(op, "eps", eps)
-    return float(eps)
-
-
 def _check_row_size(op: str, backend: str, x: Tensor) -> None:
     """The row kernels keep a whole row of D in registers; the cuda backend's scalar path (rows
     that are not whole 16-byte words) is limited further."""
@@ -404,7 +395,7 @@ def adaln_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1e-6, *
     op = "adaln_modulate"
     backend = _prepare(op, backend, x)
     shift, scale = _modulation(op, x, shift=shift, scale=scale)
-    eps = _check_eps(op, eps)
+    eps = V.check_real(op, "eps", eps, positive=True)
     V.check_same_device(op, x=x, shift=shift, scale=scale)
     V.check_backend_dtype(op, backend, x)
     _check_row_size(op, backend, x)
@@ -489,7 +480,7 @@ def gated_residual_adaln(x: Tensor, y: Tensor, gate: Tensor, shift: Tensor, scal
     op = "gated_residual_adaln"
     backend = _prepare(op, backend, x, ("y", y))
     gate, shift, scale = _modulation(op, x, gate=gate, shift=shift, scale=scale)
-    eps = _check_eps(op, eps)
+    eps = V.check_real(op, "eps", eps, positive=True)
     V.check_same_device(op, x=x, y=y, gate=gate, shift=shift, scale=scale)
     V.check_backend_dtype(op, backend, x)
     _check_row_size(op, backend, x)

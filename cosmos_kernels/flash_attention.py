@@ -16,9 +16,6 @@ target); backpropagating through the tangent would need second-order terms this 
 """
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 from torch import Tensor
 
@@ -173,13 +170,7 @@ def _check(op: str, q, k, v, softmax_scale, backend, tangents: dict | None = Non
         V.check_same_device(op, q=q, **{name: t})
         V.check_same_dtype(op, q=q, **{name: t})
         V.check_last_dim_contiguous(op, name, t)
-    if softmax_scale is None:
-        scale = ref.default_scale(D)
-    elif isinstance(softmax_scale, numbers.Real) and not isinstance(softmax_scale, bool) \
-            and math.isfinite(softmax_scale):
-        scale = float(softmax_scale)
-    else:
-        raise TypeError(f"{op}: softmax_scale must be None or a finite real number, got {softmax_scale!r}")
+    scale = ref.default_scale(D) if softmax_scale is None else V.check_real(op, "softmax_scale", softmax_scale)
     backend = dispatch.backend_for(op, q, backend)
     V.check_backend_dtype(op, backend, q)
     return scale, backend

@@ -210,10 +210,8 @@ def neighborhood_attention_3d(q: Tensor, k: Tensor, v: Tensor, grid, kernel_size
     _check_backend(q, backend)
     if softmax_scale is None:
         softmax_scale = q.shape[-1] ** -0.5
-    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
-        raise TypeError(f"{OP}: softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
-    V.check_positive(OP, "softmax_scale", softmax_scale)
-    out, _ = _na3d(q, k, v, *(list(g) for g in geometry), float(softmax_scale), backend)
+    scale = V.check_real(OP, "softmax_scale", softmax_scale, positive=True)
+    out, _ = _na3d(q, k, v, *(list(g) for g in geometry), scale, backend)
     return out
 
 

@@ -406,9 +406,7 @@ def qk_norm_rope(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, freqs
         V.check_tensor("freqs", freqs, op=op)
     V.check_same_device(op, q=q, k=k, q_weight=q_weight, k_weight=k_weight, freqs=freqs)
     V.check_same_dtype(op, q=q, k=k)
-    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
-        raise TypeError(f"{op}: eps must be a number, got {type(eps).__name__}")
-    V.check_positive(op, "eps", eps)
+    eps = V.check_real(op, "eps", eps, positive=True)
     backend = dispatch.backend_for(op, q, backend)
     V.check_backend_dtype(op, backend, q)
     for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
@@ -420,4 +418,4 @@ def qk_norm_rope(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, freqs
             raise ValueError(f"{op}: with freqs, q and k need the same S (got q S={q.shape[1]}, k S={k.shape[1]}); "
                              "pass freqs=None for cross-attention (norm only)")
         freqs = _check_freqs(op, freqs, q.shape[1], D, backend)
-    return _qk_norm_rope(q, k, q_weight, k_weight, freqs, float(eps), backend)
+    return _qk_norm_rope(q, k, q_weight, k_weight, freqs, eps, backend)
