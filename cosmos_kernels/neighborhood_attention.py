@@ -96,6 +96,8 @@ def _check_qkv(q, k, v, grid):
     V.check_same_device(OP, q=q, k=k, v=v)
     V.check_same_dtype(OP, q=q, k=k, v=v)
     B, S, H, D = q.shape
+    if D == 0:
+        raise ValueError(f"{OP}: q has head dim D=0 (shape {tuple(q.shape)}, (B, S, heads, D)); D must be >= 1")
     if grid[0] * grid[1] * grid[2] != S:
         raise ValueError(f"{OP}: grid={grid} has {grid[0] * grid[1] * grid[2]} tokens but q has S={S} "
                          f"(q shape {tuple(q.shape)} is (B, S, heads, D) with S = T*H*W)")

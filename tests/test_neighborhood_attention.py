@@ -394,6 +394,8 @@ def test_window_attention(backend):
     (dict(k=lambda k: k[:, :-1]), ValueError, "k has shape"),
     (dict(v=lambda v: v.double()), TypeError, "v has dtype torch.float64 but q has torch.float32"),
     (dict(q=lambda q: q.int()), TypeError, "q has dtype torch.int32"),
+    (dict(q=lambda q: q[..., :0], k=lambda k: k[..., :0], v=lambda v: v[..., :0]), ValueError,
+     "q has head dim D=0"),
     (dict(q=lambda q: torch.stack([q, q], -1)[..., 0]), ValueError, "contiguous in its last"),
     (dict(softmax_scale=-1.0), ValueError, "softmax_scale must be > 0"),
     (dict(backend="cuda"), ck.BackendUnavailable, "no 'cuda' backend"),
