@@ -32,11 +32,9 @@ dispatch.register_op("flash_attention_jvp", backends=("triton", "torch"))
 MAX_HEAD_DIM = 128
 
 
-def _impl(backend: str):
-    if backend == "triton":
-        from cosmos_kernels.triton import flash_attention as triton_impl
-        return triton_impl
-    return None
+def _triton():
+    from cosmos_kernels.triton import flash_attention as triton_impl
+    return triton_impl
 
 
 def _fake_lse(q: Tensor) -> Tensor:
@@ -54,7 +52,7 @@ def _last_dim_contiguous(t: Tensor) -> Tensor:
 @torch.library.custom_op("cosmos_kernels::flash_attention", mutates_args=())
 def _fa_op(q: Tensor, k: Tensor, v: Tensor, scale: float, backend: str) -> tuple[Tensor, Tensor]:
     if backend == "triton":
-        return _impl(backend).forward(q, k, v, scale)
+        return _triton().forward(q, k, v, scale)
     return ref.attention_with_lse(q, k, v, scale)
 
 
@@ -67,7 +65,7 @@ def _(q, k, v, scale, backend):
 def _fa_bwd_op(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                grad_lse: Tensor | None, scale: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     if backend == "triton":
-        return _impl(backend).backward(grad, q, k, v, out, lse, scale, grad_lse)
+        return _triton().backward(grad, q, k, v, out, lse, scale, grad_lse)
     return ref.attention_backward(grad, q, k, v, out, lse, scale, grad_lse)
 
 
@@ -80,7 +78,7 @@ def _(grad, q, k, v, out, lse, grad_lse, scale, backend):
 def _fa_jvp_op(q: Tensor, k: Tensor, v: Tensor, q_t: Tensor, k_t: Tensor, v_t: Tensor, scale: float,
                backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if backend == "triton":
-        return _impl(backend).forward_jvp(q, k, v, q_t, k_t, v_t, scale)
+        return _triton().forward_jvp(q, k, v, q_t, k_t, v_t, scale)
     return ref.attention_jvp(q, k, v, q_t, k_t, v_t, scale)
 
 
@@ -110,10 +108,6 @@ def _fa_setup(ctx, inputs, output):
     ctx.scale, ctx.backend = scale, backend
 
 
-def _fa_backward(ctx, grad_out, grad_lse):
-    return _backward(ctx, grad_out, grad_lse)
-
-
 def _fa_jvp(ctx, q_t, k_t, v_t, _scale_t, _backend_t):
     q, k, v = ctx.saved_tensors[:3]
     tangents = [t if t is not None else torch.zeros_like(p) for t, p in zip((q_t, k_t, v_t), (q, k, v))]
@@ -121,7 +115,7 @@ def _fa_jvp(ctx, q_t, k_t, v_t, _scale_t, _backend_t):
     return out_t, lse_t
 
 
-_flash_attention = differentiable(_fa_op, _fa_setup, _fa_backward, _fa_jvp, name="flash_attention")
+_flash_attention = differentiable(_fa_op, _fa_setup, _backward, _fa_jvp, name="flash_attention")
 
 
 def _jvp_setup(ctx, inputs, output):
