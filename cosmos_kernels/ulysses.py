@@ -161,7 +161,7 @@ def _as_list(op: str, x) -> tuple[list[Tensor], bool]:
 
 
 def _dim(op: str, name: str, dim, ndim: int) -> int:
-    if not isinstance(dim, int) or not -ndim <= dim < ndim:
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -ndim <= dim < ndim:
         raise ValueError(f"{op}: {name}={dim!r} is not a dimension of a {ndim}-d tensor")
     return dim % ndim
 

@@ -128,6 +128,7 @@ def test_no_group_is_the_identity_and_a_plain_call():
     (lambda q: ([q, q[0]],), ValueError, "x\\[1\\] has 3 dimensions"),
     (lambda q: ([q, q.double()],), TypeError, "must match"),
     (lambda q: (q, None, 4, 1), ValueError, "scatter_dim=4 is not a dimension"),
+    (lambda q: (q, None, 2, True), ValueError, "gather_dim=True is not a dimension"),
     (lambda q: (q, None, 1, 1), ValueError, "must differ"),
     (lambda q: (q.int(),), TypeError, "x has dtype torch.int32"),
 ])
