@@ -65,21 +65,11 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def unavailable_reason(backend: str, device: torch.device) -> str:
     """Empty string when `backend` can run on `device`, else why not."""
     if backend == "torch":
         return ""
     if backend == "triton":
-        if not _triton_importable():
-            return "triton is not installed"
         if device.type == "cuda":
             return ""
         if device.type == "cpu" and triton_interpreting():
