@@ -8,7 +8,7 @@ import sys
 
 COMMANDS = {
     "selfcheck": ("bench.kernels", "check and time every kernel against its reference on this device"),
-    "bench": ("bench.cli", "benchmarks: kernels, train-step"),
+    "bench": ("bench.cli", "benchmarks: kernels, train-step, sample-step"),
     "train": ("cosmos_models.train", "flow-matching training (torchrun for several processes)"),
     "distill": ("cosmos_models.distill", "rCM timestep distillation of a trained teacher"),
     "sample": ("cosmos_models.sampler", "generate videos (text/image/video2world, transfer, multiview, action)"),
@@ -32,10 +32,16 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"cosmos: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"cosmos {name}", description=COMMANDS[name][1])
-    module.add_arguments(parser)
-    return int(module.run(parser.parse_args(rest)) or 0)
+    from cosmos_models._deps import MissingDependency
+
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+        parser = argparse.ArgumentParser(prog=f"cosmos {name}", description=COMMANDS[name][1], allow_abbrev=False)
+        module.add_arguments(parser)
+        return int(module.run(parser.parse_args(rest)) or 0)
+    except MissingDependency as exc:  # an optional package this feature needs: one line, not a traceback
+        print(f"cosmos {name}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cosmos_models._deps import require
 from cosmos_models.config import CONTROL_MODALITIES
 from cosmos_models.video_io import to_float, to_uint8
 
@@ -74,6 +74,7 @@ def edge_control(video: torch.Tensor, preset: str = "medium") -> torch.Tensor:
     _check_video("edge_control: video", video)
     _check_preset("edge_control: preset", preset)
     low, high = EDGE_THRESHOLDS[preset]
+    cv2 = require("cv2", "the edge control (Canny)")
     edges = np.stack([cv2.Canny(frame, low, high) for frame in _frames_u8(video)])  # (T, H, W) 0/255
     return _from_frames_u8(np.repeat(edges[..., None], 3, axis=-1), video.device)
 
@@ -87,6 +88,7 @@ def blur_control(video: torch.Tensor, preset: str = "medium") -> torch.Tensor:
     if preset == "none":
         return _from_frames_u8(frames, video.device)
     _, h, w, _ = frames.shape
+    cv2 = require("cv2", "the blur control (bilateral filter)")
     k = BLUR_DOWNSCALE[preset]
     small = (max(1, w // k), max(1, h // k))  # OpenCV sizes are (width, height)
     out = []

@@ -34,7 +34,6 @@ import warnings
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 
-import av
 import numpy as np
 import torch
 from torch import Tensor
@@ -87,6 +86,7 @@ class ClipError(Exception):
 def probe_video(path: str) -> tuple[float, float]:
     """(span, period) in seconds: span = time of the last frame − time of the first; period = one
     source frame. From the container's metadata, or by reading the packets where it has none."""
+    av = video_io._av()
     try:
         with av.open(path) as container:
             if not container.streams.video:
@@ -118,7 +118,7 @@ def _cover_size(h: int, w: int, out_h: int, out_w: int) -> tuple[int, int]:
     return max(out_h, round(h * scale)), max(out_w, round(w * scale))
 
 
-def _to_rgb(frame: av.VideoFrame, out_h: int, out_w: int) -> np.ndarray:
+def _to_rgb(frame, out_h: int, out_w: int) -> np.ndarray:
     """Resize (shorter side, aspect kept) and center-crop one frame to (out_h, out_w, 3) uint8."""
     nh, nw = _cover_size(frame.height, frame.width, out_h, out_w)
     shrink = nh * nw < frame.height * frame.width
@@ -132,6 +132,7 @@ def decode_clip(path: str, num_frames: int, fps: float, size: tuple[int, int], s
     """(3, num_frames, H, W) uint8: the frames nearest to the times start + k/fps (seconds from the
     stream's first frame), resized and center-cropped to size = (H, W). Raises ClipError."""
     out_h, out_w = size
+    av = video_io._av()
     try:
         with av.open(path) as container:
             if not container.streams.video:

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cosmos_models import solvers
+from cosmos_models._deps import progress_bar
 from cosmos_models.config import DiTConfig
 from cosmos_models.text import prepare_embeddings
 from cosmos_models.vae import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, latent_frames, pixel_frames
@@ -730,9 +731,7 @@ class Sampler:
 
 
 def _progress_bar(enabled: bool, total: int, desc: str):
-    from tqdm.auto import tqdm  # a declared dependency (setup.py install_requires)
-
-    return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=False)
+    return progress_bar(total=total, desc=desc, enabled=enabled, leave=False)
 
 
 # ----------------------------------------------------------------------------- the `cosmos sample` command

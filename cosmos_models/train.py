@@ -61,9 +61,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from tqdm import tqdm
 
 import cosmos_models as cm
+from cosmos_models._deps import console_write, progress_bar
 from cosmos_kernels import ulysses
 from cosmos_models import checkpointing, flops, flow, optim, parallel, sac, train_data
 from cosmos_models.config import get_config
@@ -465,10 +465,10 @@ class Trainer:
     def _progress_bar(self):
         if not (self.is_main and self.cfg.progress and sys.stderr.isatty()):
             return None
-        return tqdm(total=self.cfg.steps, initial=self.step, desc="train", dynamic_ncols=True)
+        return progress_bar(total=self.cfg.steps, initial=self.step, desc="train", dynamic_ncols=True)
 
     def _print(self, line: str) -> None:
-        tqdm.write(line)  # above an open progress bar; a plain print otherwise
+        console_write(line)  # above an open progress bar; a plain print otherwise
 
     def _banner(self) -> str:
         r, lay = self.r, self.layout

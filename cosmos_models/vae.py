@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from cosmos_models._deps import require
+
 # WAN2.1 latent statistics (per channel), as published with the VAE.
 LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
                 0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
@@ -46,9 +48,8 @@ def pixel_frames(latent_frames: int) -> int:
 
 
 def _autoencoder_cls():
-    from diffusers import AutoencoderKLWan  # imported on first use: importing diffusers takes seconds
-
-    return AutoencoderKLWan
+    # imported on first use: importing diffusers takes seconds, and it is optional
+    return require("diffusers", "the WAN2.1 VAE (diffusers AutoencoderKLWan)").AutoencoderKLWan
 
 
 class WanVAE(nn.Module):

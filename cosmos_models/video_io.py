@@ -11,12 +11,18 @@ import numbers
 import os
 from fractions import Fraction
 
-import av
 import numpy as np
 import torch
 
+from cosmos_models._deps import require
+
 LAYOUTS = ("CTHW", "THWC")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def _av():
+    """PyAV, imported on first use (reading and writing video and image files needs it)."""
+    return require("av", "reading or writing video/image files")
 
 
 # ----------------------------------------------------------------------------- conversions
@@ -62,6 +68,7 @@ def as_cthw(video: torch.Tensor, layout: str | None = None, *, name: str = "vide
 # ----------------------------------------------------------------------------- video
 def default_codec() -> str:
     """libx264 (H.264) where this FFmpeg has it, else mpeg4."""
+    av = _av()
     for name in ("libx264", "mpeg4"):
         try:
             av.codec.Codec(name, "w")
@@ -89,6 +96,7 @@ def write_video(path: str | os.PathLike, video: torch.Tensor, fps: float, *, lay
                          "crop or pad the video first")
     codec = codec or default_codec()
     data = to_uint8(frames).permute(1, 2, 3, 0).cpu().contiguous().numpy()  # (T, H, W, 3)
+    av = _av()
     with av.open(os.fspath(path), mode="w") as container:
         stream = container.add_stream(codec, rate=Fraction(float(fps)).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
@@ -113,6 +121,7 @@ def read_video(path: str | os.PathLike, *, max_frames: int | None = None,
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"read_video: no file at {path!r}")
+    av = _av()
     with av.open(path) as container:
         if not container.streams.video:
             raise ValueError(f"read_video: {path!r} has no video stream")
@@ -136,6 +145,7 @@ def read_image(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"read_image: no file at {path!r}")
+    av = _av()
     try:
         with av.open(path) as container:
             frame = next(container.decode(video=0))

@@ -4,13 +4,15 @@ joint image/video batches, synthetic videos."""
 import os
 import warnings
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
-from cosmos_models import data as D
-from cosmos_models import video_io as V
+cv2 = pytest.importorskip("cv2", reason="opencv-python-headless is not installed")
+pytest.importorskip("av", reason="PyAV is not installed")
+
+from cosmos_models import data as D  # noqa: E402
+from cosmos_models import video_io as V  # noqa: E402
 
 
 @pytest.fixture(scope="module")
