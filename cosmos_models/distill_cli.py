@@ -180,6 +180,19 @@ class Distiller:
 
         compute = PRECISIONS[r.precision]
         compute = None if compute == torch.float32 else compute
+        # the student's JVP runs through torch.func.jvp; where this torch cannot run it through FSDP2's
+        # hooks (torch 2.11) a single process keeps its networks unsharded (nothing to shard on one
+        # rank) and computes in fp32, and several processes cannot run at all: said here, not mid-run
+        self.sharded = parallel.jvp_through_fsdp_supported(lay)
+        if not self.sharded:
+            if lay.world > 1:
+                raise ValueError(f"cosmos distill on {lay.world} processes needs torch.func.jvp through FSDP2, which "
+                                 f"this torch ({torch.__version__}) cannot run (fixed in torch 2.13); run it on one "
+                                 "process or with a newer torch")
+            if compute is not None and self.is_main:
+                self._print(f"cosmos distill: this torch ({torch.__version__}) cannot run torch.func.jvp through "
+                            f"FSDP2; one process runs the networks unsharded in fp32 instead of {r.precision}")
+            compute = None
 
         def network(grad: bool, policy: str = "none"):
             net = cm.build(self.model_cfg, device=lay.device, dtype=torch.float32, kernel_backend=cfg.kernel_backend,
@@ -187,7 +200,7 @@ class Distiller:
             net.load_state_dict(weights, strict=True)
             net.requires_grad_(grad)
             sac.apply(net, policy)
-            return parallel.shard_model(net, lay, compute)
+            return parallel.shard_model(net, lay, compute) if self.sharded else net
 
         holder = cm.build(self.model_cfg, device="cpu", dtype=torch.float32)
         cm.load_checkpoint(holder, cfg.teacher, prefer_ema=True)

@@ -128,13 +128,18 @@ def _in_backward() -> bool:
     return torch._C._current_graph_task_id() != -1
 
 
+def nvtx_available() -> bool:
+    """Whether torch.cuda.nvtx works here (CUDA builds of torch; with or without a GPU)."""
+    return hasattr(torch._C, "_nvtx")
+
+
 class PartRanges:
     """Named ranges around the model's parts, installed by module hooks inside `with` only (no cost
     otherwise): patch_embed; blockN.self_attn / .cross_attn / .mlp; controlN (Transfer control
     blocks) and control_embed; final_layer; each forward, backward (".bwd") and checkpoint
     recomputation (".recompute"). `range(name)` marks other pieces of a step (loss, optimizer).
 
-    nvtx: NVTX ranges (domain "cosmos") so an Nsight Systems trace reads by name; profiler:
+    nvtx: NVTX ranges named "cosmos/<part>" (torch.cuda.nvtx) so an Nsight Systems trace reads by name; profiler:
     torch.profiler record_function ranges (for --trace); timing: per-part times (CUDA events, or
     perf_counter on a CPU), summed by `times()` per (category, phase).
     """
@@ -148,9 +153,9 @@ class PartRanges:
         # backward after starting another's, and checkpoint recomputation may stop inside a part
         self._open: dict[str, tuple] = {}
         self._records: list = []  # (category, phase, start, end)
-        if nvtx:
-            import nvtx as nvtx_module  # the `nvtx` package (NVIDIA); only needed when profiling
-            self._nvtx = nvtx_module
+        if nvtx and not nvtx_available():
+            raise ValueError("PartRanges(nvtx=True): this torch build has no NVTX binding (a CPU-only build); "
+                             "NVTX ranges need a CUDA build of torch")
 
     def parts(self) -> list[tuple[str, str, nn.Module]]:
         """(range name, category, module) of every part."""
@@ -209,7 +214,8 @@ class PartRanges:
     def _enter(self, name: str, category: str, phase: str) -> None:
         if name in self._open:  # a range left open (e.g. recomputation stopped early): drop it
             self._exit(name, record=False)
-        handle = self._nvtx.start_range(name, domain="cosmos") if self.use_nvtx else None
+        # torch's own NVTX binding (no extra package); ranges are named "cosmos/<part>"
+        handle = torch.cuda.nvtx.range_start(f"cosmos/{name}") if self.use_nvtx else None
         prof = torch.ops.profiler._record_function_enter_new(name, None) if self.use_profiler else None
         start = self._stamp() if self.timing else None
         self._open[name] = (category, phase, handle, prof, start)
@@ -223,7 +229,7 @@ class PartRanges:
         if prof is not None:
             torch.ops.profiler._record_function_exit._RecordFunction(prof)
         if handle is not None:
-            self._nvtx.end_range(handle)
+            torch.cuda.nvtx.range_end(handle)
 
     def _stamp(self):
         if self.device.type == "cuda":
@@ -615,12 +621,12 @@ def _is_main_process() -> bool:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True)
-    rec = sub.add_parser("record", help="measure configurations and write (or extend) a baseline")
+    rec = sub.add_parser("record", allow_abbrev=False, help="measure configurations and write (or extend) a baseline")
     add_step_arguments(rec)
     rec.add_argument("--repeats", type=int, default=3, help="measurement repeats (median of their medians)")
     rec.add_argument("--out", required=True, help="baseline JSON (e.g. bench/baselines/<device>.json)")
     rec.add_argument("--append", action="store_true", help="add to the configurations already in --out")
-    chk = sub.add_parser("check", help="re-measure every configuration of a baseline; exit 1 on regression")
+    chk = sub.add_parser("check", allow_abbrev=False, help="re-measure every configuration of a baseline; exit 1 on regression")
     chk.add_argument("--baseline", required=True)
     chk.add_argument("--tolerance", default="3%", help="allowed step-time increase (3%% or 0.03)")
     chk.add_argument("--device", default=None)

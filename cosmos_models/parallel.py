@@ -120,8 +120,12 @@ def init(device: str | None = None, cp: int = 1, replicate: int = 1, timeout_s: 
         fsdp_mesh = init_device_mesh(dev_type, (shard * cp,), mesh_dim_names=("shard",))
     cp_group = None
     if cp > 1:
-        grid = fsdp_mesh._unflatten("shard", (shard, cp), ("dp_shard", "cp"))
-        cp_group = grid["cp"].get_group()
+        # the cp ranks of a group are consecutive; every rank creates every group, in the same order
+        # (public dist.new_group rather than the mesh's private _unflatten, whose spelling changes)
+        for start in range(0, world, cp):
+            group = dist.new_group(list(range(start, start + cp)))
+            if start <= rank < start + cp:
+                cp_group = group
     return Layout(world, rank, cp, replicate, dev, backend, fsdp_mesh, cp_group, owns)
 
 
@@ -133,6 +137,29 @@ def close(layout: Layout, *, barrier: bool = False) -> None:
         if barrier and dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
+
+
+_JVP_THROUGH_FSDP: dict = {}
+
+
+def jvp_through_fsdp_supported(layout: Layout) -> bool:
+    """Whether `torch.func.jvp` runs through FSDP2's hooks with this torch (it does from torch 2.13 on;
+    torch 2.11 stops in FSDP's unshard with "Cannot access storage of TensorWrapper"). A feature
+    probe, not a version check: one tiny fully_shard module on the run's mesh, once per process
+    (a collective: every rank calls it at the same point)."""
+    key = (id(layout.fsdp_mesh), layout.device.type)
+    if key not in _JVP_THROUGH_FSDP:
+        from torch.distributed.fsdp import fully_shard
+
+        probe = nn.Linear(2, 2, bias=False, device=layout.device)
+        fully_shard(probe, mesh=layout.fsdp_mesh)
+        x = torch.ones(1, 2, device=layout.device)
+        try:
+            torch.func.jvp(probe, (x,), (x,))
+            _JVP_THROUGH_FSDP[key] = True
+        except (NotImplementedError, RuntimeError):
+            _JVP_THROUGH_FSDP[key] = False
+    return _JVP_THROUGH_FSDP[key]
 
 
 def shard_model(model: nn.Module, layout: Layout, param_dtype: torch.dtype | None) -> nn.Module:

@@ -22,38 +22,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _forked_rank(fn, rank, world, port, queue, hang_after):
+def _rank_main(fn, args, rank, world, port, queue, hang_after):
     import faulthandler
-    import gc
     import os
     import traceback
 
-    # never finalize objects inherited from the parent (e.g. its destroyed process groups, whose
-    # destructors would wait for threads that do not exist in a forked child)
-    gc.freeze()
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     faulthandler.dump_traceback_later(hang_after, exit=True)  # a hung rank shows where it hangs
     try:
-        queue.put((rank, "ok", fn()))
+        queue.put((rank, "ok", fn(*args)))
     except BaseException:  # noqa: BLE001 - reported by the parent
         queue.put((rank, "error", traceback.format_exc()))
 
 
-def run_forked(fn, world: int = 2, timeout: float = 150) -> dict:
-    """Run fn() on `world` forked ranks with the env:// rendezvous variables set (RANK, WORLD_SIZE,
-    MASTER_ADDR/PORT on 127.0.0.1); {rank: fn's result}. A rank that raises fails the caller with
-    its traceback; a rank that hangs dumps its stack and exits before `timeout`."""
-    import gc
-
+def run_ranks(fn, *args, world: int = 2, timeout: float = 150) -> dict:
+    """Run fn(*args) on `world` fresh processes with the env:// rendezvous variables set (RANK,
+    WORLD_SIZE, MASTER_ADDR/PORT on 127.0.0.1); {rank: fn's result}. fn must be a module-level
+    function (the ranks are spawned, not forked: a fork of a process that has run autograd is
+    refused by CUDA builds of torch, and a spawned rank inherits no state of the test process).
+    A rank that raises fails the caller with its traceback; a rank that hangs dumps its stack and
+    exits before `timeout`."""
     import torch.multiprocessing as mp
 
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = free_port()
-    gc.collect()  # the parent's garbage (earlier runs' process groups) goes before the fork
-    procs = [ctx.Process(target=_forked_rank, args=(fn, r, world, port, queue, timeout - 10), daemon=True)
+    procs = [ctx.Process(target=_rank_main, args=(fn, args, r, world, port, queue, timeout - 10), daemon=True)
              for r in range(world)]
     for p in procs:
         p.start()

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import cosmos_models as cm
+from tests import helpers
 from cosmos_kernels import dispatch
 from cosmos_models.dit import Block, Frames
 from tests.helpers import runnable_backends
@@ -372,16 +373,12 @@ def test_context_parallel_none_is_the_plain_path():
 
 
 # ---------------------------------------------------------------------------------------------
-# context parallel over a real (gloo, CPU) group of 2 forked ranks
+# context parallel over a real (gloo, CPU) group of 2 ranks
 # ---------------------------------------------------------------------------------------------
-def _cp_rank(rank, world, store, queue):
-    import traceback
-    from datetime import timedelta
-
+def _cp_rank():
     import torch.distributed as dist
-    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
     try:
-        dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world, timeout=timedelta(seconds=60))
         report = {}
         for name in ("tiny", "tiny-multiview"):
             torch.manual_seed(0)
@@ -406,34 +403,14 @@ def _cp_rank(rank, world, store, queue):
                 max(float((p.grad - plain_grads[n]).norm() / plain_grads[n].norm().clamp_min(1e-12))
                     for n, p in model.named_parameters()),
             )
-        queue.put((rank, "ok", report))
-    except BaseException:  # noqa: BLE001 - reported by the parent
-        queue.put((rank, "error", traceback.format_exc()))
-        return
-    dist.destroy_process_group()
+        return report
+    finally:
+        dist.destroy_process_group()
 
 
 @pytest.mark.timeout(120)
-def test_context_parallel_two_ranks_matches_single_process(tmp_path):
-    import torch.multiprocessing as mp
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_cp_rank, args=(r, 2, f"file://{tmp_path}/store", queue), daemon=True)
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    results = {}
-    try:
-        for _ in procs:
-            rank, status, value = queue.get(timeout=100)
-            results[rank] = (status, value)
-    finally:
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-    errors = {r: v for r, (s, v) in results.items() if s != "ok"}
-    assert not errors, "\n".join(f"--- rank {r} ---\n{v}" for r, v in errors.items())
-    for rank, (_, report) in results.items():
+def test_context_parallel_two_ranks_matches_single_process():
+    results = helpers.run_ranks(_cp_rank, world=2, timeout=100)
+    for rank, report in results.items():
         for name, (out_err, x_grad_err, param_grad_err) in report.items():
             assert out_err < 1e-5 and x_grad_err < 1e-5 and param_grad_err < 1e-4, (rank, name, report[name])

@@ -67,7 +67,7 @@ def test_checkpoint_policies_recompute_what_they_say():
 
 def test_part_ranges_time_every_part_and_leave_no_hooks():
     step = mfu.TrainStep(mfu.StepSettings("tiny-transfer", sac="full", backend="torch"), "cpu")
-    ranges = mfu.PartRanges(step.model, nvtx=True, profiler=True, timing=True)
+    ranges = mfu.PartRanges(step.model, nvtx=mfu.nvtx_available(), profiler=True, timing=True)
     step.ranges = ranges
     with ranges:
         loss = step()
@@ -91,7 +91,7 @@ def _run_cli(argv, capsys):
 def test_bench_train_step_writes_json_and_trace(tmp_path, capsys):
     out = tmp_path / "ts.json"
     code, cap = _run_cli(["bench", "train-step", "--config", "tiny", "--resolution", "64x48", "--frames", "9",
-                          "--steps", "2", "--warmup", "1", "--breakdown-steps", "1", "--nvtx", "--backend", "torch",
+                          "--steps", "2", "--warmup", "1", "--breakdown-steps", "1", *(["--nvtx"] if mfu.nvtx_available() else []), "--backend", "torch",
                           "--trace", str(tmp_path / "trace"), "--out", str(out)], capsys)
     assert code == 0, cap.err
     result = json.loads(out.read_text())
@@ -200,7 +200,7 @@ def test_bench_kernels_writes_json_and_chart(tmp_path, capsys, monkeypatch):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a family that fails still leaves the JSON of what ran, with the error
     import bench.ulysses
-    monkeypatch.setattr(bench.ulysses, "run", lambda device, quick: 1 / 0)
+    monkeypatch.setattr(bench.ulysses, "run", lambda device, quick, rows=None: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         cosmos(["bench", "kernels", "--only", "ulysses", "--out", str(out)])
     assert "ZeroDivisionError" in json.loads(out.read_text())["error"]
@@ -209,3 +209,9 @@ def test_bench_kernels_writes_json_and_chart(tmp_path, capsys, monkeypatch):
 def test_check_without_baseline_file(capsys):
     code, cap = _run_cli(["mfu", "check", "--baseline", "/nonexistent/cpu.json"], capsys)
     assert code == 2 and "/nonexistent/cpu.json" in cap.err
+
+
+def test_nvtx_ranges_on_a_torch_without_nvtx_are_a_clear_error(monkeypatch):
+    monkeypatch.setattr(mfu, "nvtx_available", lambda: False)
+    with pytest.raises(ValueError, match="no NVTX binding"):
+        mfu.PartRanges(torch.nn.Linear(2, 2), nvtx=True)

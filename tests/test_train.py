@@ -47,8 +47,8 @@ def run_in_process(cfg: TrainConfig):
 
 
 def run_forked(cfg: TrainConfig, world: int = 2) -> dict[int, list]:
-    """Run `cfg` on `world` forked ranks of a gloo group; {rank: [(step, loss)]}."""
-    return helpers.run_forked(lambda: run_in_process(cfg), world)
+    """Run `cfg` on `world` ranks of a gloo group; {rank: [(step, loss)]}."""
+    return helpers.run_ranks(run_in_process, cfg, world=world)
 
 
 # ------------------------------------------------------------------------------------------ SAC

@@ -1,5 +1,5 @@
 """Ulysses context parallelism: the packing kernels against the reference layout (one process),
-then real gloo groups of 2 and 4 processes on CPU (forked by the test) checking the all-to-all,
+then real gloo groups of 2 and 4 processes on CPU (spawned by the test) checking the all-to-all,
 its autograd and JVP, UlyssesAttention over several attention ops against the single-process op,
 the error paths, and that a rank which raises makes the others fail fast instead of hanging."""
 from __future__ import annotations
@@ -152,13 +152,14 @@ def test_disabled_switch_is_scoped():
 
 
 # ---------------------------------------------------------------------------------------------
-# process groups: a forked gloo group per test, every rank runs the same checks
+# process groups: a spawned gloo group per test, every rank runs the same checks
 # ---------------------------------------------------------------------------------------------
 def _launch(world: int, scenario, tmp_path, deadline_s: float = 150, **kw) -> dict:
-    """Run scenario(rank, world, **kw) -> dict on `world` forked ranks; return {rank: (status, value)}.
+    """Run scenario(rank, world, **kw) -> dict on `world` spawned ranks (a fork of a process that ran
+    the Triton interpreter or autograd can crash on CUDA builds of torch); return {rank: (status, value)}.
     A rank that raises reports its traceback; the parent kills (its own) ranks still alive at the
     deadline, so a hang fails the test instead of stalling it."""
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     store = f"file://{tmp_path}/store"
     procs = [ctx.Process(target=_rank_main, args=(r, world, store, queue, scenario, kw), daemon=True)
@@ -187,7 +188,8 @@ def _launch(world: int, scenario, tmp_path, deadline_s: float = 150, **kw) -> di
 
 
 def _rank_main(rank, world, store, queue, scenario, kw):
-    torch.set_num_threads(1)  # world ranks share 2 cores; also keeps OpenMP out of the forked child
+    torch.set_num_threads(1)  # world ranks share 2 cores
+    torch.manual_seed(1234)   # every rank draws the same "replicated" inputs from the global stream
     try:
         dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world,
                                 timeout=timedelta(seconds=GROUP_TIMEOUT_S))
@@ -236,7 +238,7 @@ def _check_all_to_all(rank, world, report):
         assert torch.equal(x.grad, torch.ones_like(x))
     # a single tensor, and the tangent (forward mode) of the exchange
     per_rank = [torch.randn(2, 2 * world, world, 4, generator=gen) for _ in range(world)]
-    tangents = [torch.randn_like(t) for t in per_rank]
+    tangents = [torch.randn(t.shape, generator=gen) for t in per_rank]  # the same on every rank
     single = ck.ulysses_all_to_all(per_rank[rank], _GROUP[0], 1, 2)
     assert isinstance(single, torch.Tensor)
     assert torch.equal(single, ref.all_to_all_emulated([[t] for t in per_rank], 1, 2)[rank][0])
@@ -411,7 +413,7 @@ def _scenario_fail_fast(rank, world, release):
 
 @pytest.mark.timeout(60)
 def test_a_rank_that_raises_fails_the_group_fast(tmp_path):
-    release = mp.get_context("fork").Event()
+    release = mp.get_context("spawn").Event()
     results = _launch(2, _scenario_fail_fast, tmp_path, deadline_s=40, release=release)
     _assert_all_ok(results)
     r0, r1 = results[0][1], results[1][1]
