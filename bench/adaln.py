@@ -55,10 +55,11 @@ def _op_rows(op, shape, dtype, mdtype, device, quick) -> list[dict]:
     return rows
 
 
-def run(device: torch.device, quick: bool) -> list[dict]:
+def run(device: torch.device, quick: bool, rows: list | None = None) -> list[dict]:
+    """This family's rows, appended to `rows` (if given) as each shape finishes."""
     # on the GPU: bf16 tokens with fp32 modulation, the official "use_wan_fp32_strategy"
     dtype, mdtype = (torch.bfloat16, torch.float32) if device.type == "cuda" else (torch.float32, torch.float32)
-    rows = []
+    rows = [] if rows is None else rows
     for shape in QUICK_SHAPES if quick else FULL_SHAPES:
         for op in OPS:
             rows += _op_rows(op, shape, dtype, mdtype, device, quick)

@@ -161,15 +161,16 @@ def _bench_shape(shape, device: torch.device, quick: bool) -> list[dict]:
     return rows
 
 
-def run(device: torch.device, quick: bool) -> list[dict]:
-    rows = []
+def run(device: torch.device, quick: bool, rows: list | None = None) -> list[dict]:
+    """This family's rows, appended to `rows` (if given) as each shape finishes."""
+    rows = [] if rows is None else rows
     for shape in QUICK_SHAPES if quick else FULL_SHAPES:
         rows += _bench_shape(shape, device, quick)
     return rows
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.distill", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.distill", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", default=None, help="small shapes (the default on CPU)")
     p.add_argument("--out", default=None, help="JSON output (default bench/results/distill-<device>.json on GPU)")

@@ -187,9 +187,10 @@ def _mb(nbytes):
     return None if nbytes is None else nbytes / 2**20
 
 
-def run(device: torch.device, quick: bool) -> list[dict]:
+def run(device: torch.device, quick: bool, rows: list | None = None) -> list[dict]:
+    """This family's rows, appended to `rows` (if given) as each shape finishes."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    rows = []
+    rows = [] if rows is None else rows
     for shape in QUICK_SHAPES if quick else FULL_SHAPES:
         rows += _bench_shape(shape, dtype, device, quick)
     return rows

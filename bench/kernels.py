@@ -40,7 +40,9 @@ def run(args) -> int:
     try:
         for fam in families:
             module = importlib.import_module(f"bench.{fam}")
-            rows += module.run(device, quick)
+            module.run(device, quick, rows)
+            if out:  # what is measured so far survives a later failure or a kill
+                write_json(out, {"environment": env, "quick": quick, "rows": rows, "last_family_done": fam})
     except BaseException as exc:
         # the rows measured so far are still written, with what stopped the run
         if out:
@@ -62,7 +64,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.kernels", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.kernels", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     add_arguments(p)
     return run(p.parse_args(argv))
 

@@ -192,9 +192,10 @@ def _tile_efficiency(geometry, device) -> float:
     return attended_pairs(*geometry) / (p.visits * cfg.block_outer * cfg.block_inner)
 
 
-def run(device: torch.device, quick: bool) -> list[dict]:
+def run(device: torch.device, quick: bool, rows: list | None = None) -> list[dict]:
+    """This family's rows, appended to `rows` (if given) as each shape finishes."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    rows = []
+    rows = [] if rows is None else rows
     for case in QUICK_CASES if quick else FULL_CASES:
         rows += _bench_case(case, dtype, device, quick)
     return rows

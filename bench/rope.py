@@ -70,11 +70,12 @@ def _qk_rows(shape, dtype, device, quick, compiled):
     return rows
 
 
-def run(device: torch.device, quick: bool) -> list[dict]:
+def run(device: torch.device, quick: bool, rows: list | None = None) -> list[dict]:
+    """This family's rows, appended to `rows` (if given) as each shape finishes."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     compiled_rope = torch.compile(ref.apply_rope3d)
     compiled_qk = torch.compile(ref.qk_norm_rope)
-    rows = []
+    rows = [] if rows is None else rows
     for shape in QUICK_SHAPES if quick else FULL_SHAPES:
         rows += _rope_rows(shape, dtype, device, quick, compiled_rope)
         rows += _qk_rows(shape, dtype, device, quick, compiled_qk)

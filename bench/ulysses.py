@@ -104,12 +104,16 @@ def pack_rows(device: torch.device, quick: bool) -> list[dict]:
     return rows
 
 
-def run(device: torch.device, quick: bool) -> list[dict]:
+def run(device: torch.device, quick: bool, rows: list | None = None) -> list[dict]:
+    """This family's rows, appended to `rows` (if given)."""
+    rows = [] if rows is None else rows
     model = comm_model()
     print(f"Ulysses all-to-all per rank, bf16, B=1, self-attention only; time at NVLink 4 peak {NVLINK_GBPS:.0f} GB/s "
           f"per direction, attention at bf16 peak {PEAK_BF16_TFLOPS} TFLOP/s (both lower bounds)")
     print_table(model, MODEL_COLUMNS)
-    return model + pack_rows(device, quick)
+    rows += model
+    rows += pack_rows(device, quick)
+    return rows
 
 
 if __name__ == "__main__":
