@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# CI's second leg: the oldest pair setup.py admits (torch 2.11 + Triton 3.6, the GPU image's), in a venv
+# of its own. First bare (only what the GPU image is sure to have: no av, diffusers, tqdm, nvtx, ...):
+# `pip install --no-deps`, `cosmos selfcheck`, the device-run dry run. Then the test extras and a
+# shorter test selection: the kernels, the DiT, training and sampling.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${COSMOS_CI_OLDEST_VENV:-/tmp/cosmos-ci-oldest}"
+rm -rf "$VENV"
+python -m venv "$VENV"
+PY="$VENV/bin/python"
+"$PY" -m pip install -q -c .ci/oldest.txt torch triton numpy pybind11 ninja safetensors "setuptools>=70,<82" wheel \
+    pytest pytest-timeout
+"$PY" -m pip install -q --no-deps --no-build-isolation -e .
+"$PY" -c "import torch, triton, numpy; print('oldest leg: torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__)"
+(cd /tmp && "$PY" -c "import cosmos_kernels, cosmos_kernels._C; print('cosmos_kernels imports, _C built')")
+"$PY" -m cosmos_models.cli selfcheck > /tmp/cosmos-ci-oldest-selfcheck.log
+echo "oldest leg: cosmos selfcheck passed"
+OUT="$(mktemp -d)" PYTHON="$PY" bench/device_run.sh --dry-run
+"$PY" -m pip install -q -c .ci/oldest.txt --no-build-isolation -e ".[test]"
+"$PY" -m pytest -q -rs -p no:cacheprovider -W ignore::DeprecationWarning \
+    tests/test_dispatch.py tests/test_adaln.py tests/test_rope.py tests/test_flash_attention.py \
+    tests/test_neighborhood_attention.py tests/test_ulysses.py tests/test_dit.py tests/test_train.py \
+    tests/test_distill.py tests/test_deps.py \
+    tests/test_sampler.py::test_cli_end_to_end tests/test_sampler.py::test_mp4_written_at_model_fps
