@@ -213,8 +213,7 @@ def _stage_family(family: str):
 
 def _train_step(sac: str):
     def stage(out: Path, dry_run: bool, rows: list) -> dict:
-        from cosmos_models import mfu
-
+        from cosmos_models.perf import baselines, mfu
         device = _device(dry_run)
         if dry_run:
             settings = mfu.StepSettings("tiny", sac=sac, steps=2, warmup=1, threads=1)
@@ -228,7 +227,7 @@ def _train_step(sac: str):
                      "tflops": result["tflops"], "gbps": None, "mfu": result["mfu_h100"], "memory_bytes": mem,
                      "rel_err": None, "ok": math.isfinite(result["loss"]), "peer": None, "vs_peer": None,
                      "note": f"tokens/s {result['tokens_per_s']:.4g}; peak {result['peak']['used']}"})
-        baseline = {"environment": result["environment"], "entries": [mfu._entry(result, 1)]}
+        baseline = {"environment": result["environment"], "entries": [baselines.entry(result, 1)]}
         return {"result": result, "mfu_baseline_entry": baseline}
     stage.__doc__ = f"The 2B training step at 480p x 93 frames on one GPU, bf16, SAC {sac}, MFU from analytic FLOPs."
     return stage

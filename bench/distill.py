@@ -36,9 +36,8 @@ import cosmos_kernels as ck
 import cosmos_models as cm
 from bench.common import environment, peak_memory, print_table, time_fn, write_json
 from cosmos_kernels.testing import rel_err, threshold
-from cosmos_models import dit, distill
-
-# (config, B, latent T, H, W, text tokens)
+from cosmos_models.distill import rcm as distill  # (config, B, latent T, H, W, text tokens)
+from cosmos_models.nets import dit
 QUICK_SHAPES = [("tiny", 1, 4, 16, 16, 8)]
 FULL_SHAPES = [("predict2.5-2b", 1, 24, 24, 40, 512)]
 COLUMNS = ["op", "shape", "dtype", "impl", "ms", "peak_MiB", "saved_MiB", "vs_peer", "rel_err", "ok"]

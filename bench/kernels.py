@@ -35,6 +35,10 @@ def run(args) -> int:
     families = [f for f in FAMILIES if not args.only or f in args.only.split(",")]
     env = environment(device)
     print(f"device: {env['device']}  ({env['figures']})")
+    from cosmos_kernels import backend_table
+    table = backend_table(device)
+    print("backends (cosmos_kernels/dispatch.py OPS; override: --kernel-backend / COSMOS_KERNELS_BACKEND SPEC):")
+    print_table(table, list(table[0]))
     rows = []
     out = args.out or (f"bench/results/kernels-{device.type}.json" if device.type == "cuda" else None)
     try:

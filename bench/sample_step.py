@@ -7,7 +7,7 @@ One solver step is one network evaluation (NFE) with classifier-free guidance: t
 the unconditional forward of `Sampler.sample_latents` (official form cond + g·(cond − uncond); g = 0
 runs the conditional pass alone). Reported: the step's time (CUDA events, median), the projected
 time of a `--steps`-step run (steps × the step; the VAE and the text encoder are not included),
-TFLOP/s and MFU from the analytic forward FLOPs (cosmos_models.flops; the peak used is printed),
+TFLOP/s and MFU from the analytic forward FLOPs (cosmos_models.nets.flops; the peak used is printed),
 and the peak memory. The weights are random (the time does not depend on them) in bf16 on a GPU.
 On a CPU `--config tiny` runs in seconds; its figures are CPU figures.
 """
@@ -18,13 +18,15 @@ import argparse
 import torch
 
 import cosmos_models as cm
+from cosmos_kernels import use_backend
+from cosmos_models.cli.run_flags import add_kernel_backend
 from bench.common import environment, time_fn, write_json
-from cosmos_models import flops
-from cosmos_models.data import resolve_resolution
-from cosmos_models.mfu import H100_SXM_BF16_DENSE
-from cosmos_models.parallel import resolve_device
-from cosmos_models.sampler import Sampler
-from cosmos_models.vae import SPATIAL_COMPRESSION, latent_frames
+from cosmos_models.nets import flops
+from cosmos_models.nets.flops import H100_SXM_BF16_DENSE
+from cosmos_models.data.clips import resolve_resolution
+from cosmos_models.training.parallel import resolve_device
+from cosmos_models.sampling.sampler import Sampler
+from cosmos_models.nets.vae import SPATIAL_COMPRESSION, latent_frames
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="solver steps of the projected run (default: the config's)")
     p.add_argument("--iters", type=int, default=3, help="timed steps")
     p.add_argument("--warmup", type=int, default=1, help="warm-up steps (Triton compiles here)")
-    p.add_argument("--backend", default=None, help="kernel backend (triton|cuda|torch; default: dispatch)")
+    add_kernel_backend(p)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--out", default=None, help="JSON output")
 
@@ -55,15 +57,16 @@ def measure(config: str, resolution: str | None = None, frames: int | None = Non
     if iters < 1 or warmup < 0 or steps < 1:
         raise ValueError("--iters and --steps must be >= 1, --warmup >= 0")
     grid = (latent_frames(frames), height // SPATIAL_COMPRESSION, width // SPATIAL_COMPRESSION)
-    model = cm.build(cfg, device=device, dtype=dtype, kernel_backend=backend)
+    model = cm.build(cfg, device=device, dtype=dtype)
     sampler = Sampler(model, None, device=device, dtype=dtype)
     context = torch.randn(1, cfg.text_len, cfg.text_channels, device=device, dtype=dtype)
     negative = torch.randn_like(context) if guidance > 0 else None
     generator = torch.Generator().manual_seed(1)
 
     def step():
-        return sampler.sample_latents(grid, context=context, negative_context=negative, guidance=guidance,
-                                      generator=generator, num_steps=1)
+        with use_backend(backend):
+            return sampler.sample_latents(grid, context=context, negative_context=negative, guidance=guidance,
+                                          generator=generator, num_steps=1)
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -91,7 +94,7 @@ def measure(config: str, resolution: str | None = None, frames: int | None = Non
 
 def run(args) -> int:
     result = measure(args.config, args.resolution, args.frames, guidance=args.guidance, steps=args.steps,
-                     iters=args.iters, warmup=args.warmup, backend=args.backend, device=args.device)
+                     iters=args.iters, warmup=args.warmup, backend=args.kernel_backend, device=args.device)
     mem = result["memory"]["peak_allocated_bytes"]
     print(f"device: {result['environment']['device']}  ({result['environment']['figures']})")
     print(f"{result['config']} {result['height']}x{result['width']}x{result['frames']} ({result['tokens']} tokens), "

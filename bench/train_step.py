@@ -9,18 +9,18 @@ other one), memory peak, versions, device, and a per-part time breakdown (patch 
 attention, MLP, final layer, control branch, forward/backward/recompute, loss, optimizer, the rest).
 On a CPU: `--config tiny` runs in seconds; its figures are CPU figures (peak: a measured fp32 matmul).
 Context parallel: `torchrun --nproc-per-node N -m cosmos_models.cli bench train-step --cp N ...`.
-The measurement itself is cosmos_models.mfu (shared with `cosmos mfu record|check`).
+The measurement itself is cosmos_models.perf.mfu (shared with `cosmos mfu record|check`).
 """
 from __future__ import annotations
 
 import argparse
 
-from bench.common import write_json
-from cosmos_models import mfu
-
-
+from cosmos_models.cli.mfu import _is_main_process, add_step_arguments, settings_from_args
+from cosmos_models.perf import mfu
+from cosmos_models.perf.report import write_json
+from cosmos_models.training.parallel import resolve_device
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    mfu.add_step_arguments(p)
+    add_step_arguments(p)
     p.add_argument("--repeats", type=int, default=1, help="measurement repeats (median of their medians)")
     p.add_argument("--breakdown-steps", type=int, default=2,
                    help="extra instrumented steps for the per-part breakdown (0: none)")
@@ -31,11 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    settings = mfu.settings_from_args(args)
-    device = mfu.resolve_device(args.device)
+    settings = settings_from_args(args)
+    device = resolve_device(args.device)
     result = mfu.measure(settings, device, repeats=args.repeats, peak=args.peak,
                          breakdown_steps=args.breakdown_steps, trace=args.trace, nvtx=args.nvtx)
-    if not mfu._is_main_process():
+    if not _is_main_process():
         return 0
     mfu.print_result(result)
     out = args.out

@@ -13,7 +13,7 @@ import importlib
 import sys
 import types
 
-from cosmos_kernels.dispatch import BACKENDS, BackendUnavailable, backend_for
+from cosmos_kernels.dispatch import BACKENDS, BackendUnavailable, backend_for, backend_table, use_backend
 
 __version__ = "0.1.0"
 
@@ -32,7 +32,7 @@ _EXPORTS = {
     "UlyssesAttention": "cosmos_kernels.ulysses",
 }
 
-__all__ = ["BACKENDS", "BackendUnavailable", "backend_for", *_EXPORTS]
+__all__ = ["BACKENDS", "BackendUnavailable", "backend_for", "backend_table", "use_backend", *_EXPORTS]
 
 
 def __getattr__(name: str):

@@ -21,29 +21,16 @@ from torch import Tensor
 
 from cosmos_kernels import _ext, _alloc, dispatch
 from cosmos_kernels import _validate as V
+from cosmos_kernels._grid import row_chunks
 from cosmos_kernels._op import differentiable
 from cosmos_kernels.reference import compute_dtype
 from cosmos_kernels.reference import adaln as ref
 
-# prefer_cuda stays False for all three: the csrc kernels have not been timed on a GPU yet, so
-# CUDA tensors default to Triton until a measurement says otherwise.
-for _name in ("gated_residual", "adaln_modulate", "gated_residual_adaln"):
-    dispatch.register_op(_name, backends=("triton", "cuda", "torch"), prefer_cuda=False)
+# The backends of these ops are in cosmos_kernels/dispatch.py OPS; prefer_cuda stays False there:
+# the csrc kernels have not been timed on a GPU yet, so CUDA tensors default to Triton.
 
 MAX_ROW_D = 8192         # the row kernels hold a full row in registers (csrc/adaln.cuh kMaxRowD)
 MAX_SCALAR_ROW_D = 4096  # cuda backend, rows that are not whole 16-byte words (kMaxScalarRowD)
-
-# About this many programs/blocks per launch: several waves over 132 SMs, and few enough that the
-# backward's per-chunk partial sums stay small next to the activations.
-TARGET_PROGRAMS = 2048
-
-
-def row_chunks(frames: int, N: int) -> tuple[int, int]:
-    """(chunks per frame, rows per chunk) for `frames` frames (or frame × column-block programs)
-    of N rows each; every chunk is non-empty. Shared by the Triton and the CUDA launches."""
-    chunks = max(1, min(N, TARGET_PROGRAMS // max(1, frames)))
-    rows = -(-N // chunks)
-    return -(-N // rows), rows
 
 
 # ---------------------------------------------------------------------------------------------

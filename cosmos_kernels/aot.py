@@ -26,24 +26,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cosmos_kernels.triton import AotSpec  # noqa: F401 - re-exported: the spec type the report reads
+
 # Hopper: 228 KiB shared memory per SM, of which 227 KiB usable by one block.
 SMEM_LIMIT = 227 * 1024
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class AotSpec:
-    """One launch configuration of a Triton kernel, as the module launches it on an H100."""
-    name: str                 # short label, e.g. "adaln_fwd[bf16,D=2048]"
-    fn: object                # the @triton.jit function
-    signature: dict           # arg -> Triton type string ("*bf16", "i32", "fp32", "constexpr")
-    constexprs: dict          # constexpr arg -> value
-    num_warps: int = 4
-    num_stages: int = 3
-    expect_wgmma: bool = False  # True for kernels whose inner loop is tl.dot on H100 tiles
-    # args the runtime specializes as divisible by 16 (16-byte aligned pointers, strides % 16 == 0),
-    # as it does at launch; without this the report would describe unvectorized loads
-    aligned: tuple = ()
 
 
 @dataclass

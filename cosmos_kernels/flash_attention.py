@@ -25,8 +25,6 @@ from cosmos_kernels._op import differentiable
 from cosmos_kernels.reference import compute_dtype
 from cosmos_kernels.reference import flash_attention as ref
 
-dispatch.register_op("flash_attention", backends=("triton", "torch"))
-dispatch.register_op("flash_attention_jvp", backends=("triton", "torch"))
 
 # head dims padded to BLOCK_D in {32, 64, 128}; 256 would spill the JVP and dK/dV kernels on H100
 MAX_HEAD_DIM = 128

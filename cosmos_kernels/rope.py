@@ -31,8 +31,6 @@ from cosmos_kernels.reference import rope as ref
 
 # The CUDA C++ kernels are not measured on an H100 yet, so Triton stays the default on CUDA
 # tensors (prefer_cuda=False) until a benchmark shows the C++ path is faster.
-dispatch.register_op("apply_rope3d", backends=("triton", "cuda", "torch"), prefer_cuda=False)
-dispatch.register_op("qk_norm_rope", backends=("triton", "cuda", "torch"), prefer_cuda=False)
 
 MAX_HEAD_DIM = 256
 

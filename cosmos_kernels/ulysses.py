@@ -56,7 +56,6 @@ from cosmos_kernels import _validate as V
 from cosmos_kernels.reference import ulysses as ref
 
 OP = "ulysses_all_to_all"
-dispatch.register_op(OP, backends=("triton", "torch"))
 
 
 def _impl(backend: str):

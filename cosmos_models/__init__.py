@@ -5,6 +5,12 @@
     cosmos_models.build(name_or_config, device=None, dtype=None)   -> nn.Module (device="meta" works)
     cosmos_models.load_checkpoint(model, path_or_state_dict)        official / diffusers / our names, strict
     cosmos_models.save_checkpoint(model, path)                      safetensors
+    cosmos_models.flops.count(config, batch=, frames=, height=, width=, text_len=)   analytic FLOPs
+
+The package is a few rooms, one per stage of the data's way through the system (each package's
+docstring says what lives there and what it may import; tests/test_import_graph.py enforces it):
+nets/ (networks, configs, variant registry, FLOPs, weights, VAE, text encoder) <- data/ <- sampling/
+<- training/ <- distill/ <- perf/ <- cli/; cosmos_kernels below all, bench/ above all.
 """
 from __future__ import annotations
 
@@ -12,21 +18,26 @@ import importlib
 
 import torch
 
-from cosmos_models.config import DiTConfig, SparseWindow, configs, get_config
+from cosmos_models.nets import registry
+from cosmos_models.nets.config import DiTConfig, SparseWindow, configs, get_config
 
 _LAZY = {
-    "load_checkpoint": "cosmos_models.checkpoint",
-    "save_checkpoint": "cosmos_models.checkpoint",
-    "DiT": "cosmos_models.dit",
-    "TransferDiT": "cosmos_models.transfer",
-    "MultiviewDiT": "cosmos_models.variants",
-    "ActionDiT": "cosmos_models.variants",
+    "load_checkpoint": "cosmos_models.nets.checkpoint",
+    "save_checkpoint": "cosmos_models.nets.checkpoint",
+    "DiT": "cosmos_models.nets.dit",
+    "TransferDiT": "cosmos_models.nets.transfer",
+    "MultiviewDiT": "cosmos_models.nets.variants",
+    "ActionDiT": "cosmos_models.nets.variants",
 }
 
-__all__ = ["DiTConfig", "SparseWindow", "configs", "get_config", "build", "model_class", *_LAZY]
+__all__ = ["DiTConfig", "SparseWindow", "configs", "get_config", "build", "model_class", "flops", *_LAZY]
 
 
 def __getattr__(name: str):
+    if name == "flops":  # cosmos_models.flops.count(...): the analytic FLOP counter (nets/flops.py)
+        value = importlib.import_module("cosmos_models.nets.flops")
+        globals()[name] = value
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'cosmos_models' has no attribute {name!r}")
@@ -36,15 +47,12 @@ def __getattr__(name: str):
 
 
 def model_class(config: DiTConfig | str):
-    variant = get_config(config).variant
-    module, name = {"predict": ("cosmos_models.dit", "DiT"), "transfer": ("cosmos_models.transfer", "TransferDiT"),
-                    "multiview": ("cosmos_models.variants", "MultiviewDiT"),
-                    "action": ("cosmos_models.variants", "ActionDiT")}[variant]
-    return getattr(importlib.import_module(module), name)
+    """The network class of a config (cosmos_models.nets.registry)."""
+    return registry.model_class(get_config(config))
 
 
 def build(name_or_config: DiTConfig | str, device=None, dtype: torch.dtype | None = None, *,
-          kernel_backend: str | None = None, cp_group=None) -> torch.nn.Module:
+          cp_group=None) -> torch.nn.Module:
     """The network of a config, randomly initialized (official init) on `device` in `dtype`.
 
     device="meta" gives the structure without memory (parameter counts, sharding plans); on a real
@@ -55,7 +63,7 @@ def build(name_or_config: DiTConfig | str, device=None, dtype: torch.dtype | Non
     if dtype is not None and not dtype.is_floating_point:
         raise ValueError(f"build: dtype must be a floating point dtype, got {dtype}")
     with torch.device("meta"):
-        model = cls(cfg, kernel_backend=kernel_backend, cp_group=cp_group)
+        model = cls(cfg, cp_group=cp_group)
     if dtype is not None:
         model.to(dtype)
     target = torch.device(device) if device is not None else torch.device("cpu")

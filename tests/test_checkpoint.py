@@ -1,4 +1,4 @@
-"""Checkpoints (cosmos_models.checkpoint): our safetensors round trip, official and diffusers names,
+"""Checkpoints (cosmos_models.nets.checkpoint): our safetensors round trip, official and diffusers names,
 strictness, meta-device loading, and the forward of diffusers' CosmosTransformer3DModel on our
 weights (an independent implementation of the same network)."""
 import types
@@ -8,9 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import cosmos_models as cm
-from cosmos_models import checkpoint as C
-
-
+from cosmos_models.nets import checkpoint as C
 def _random_model(name="tiny"):
     model = cm.build(name)
     with torch.no_grad():

@@ -6,8 +6,8 @@ import torch
 
 cv2 = pytest.importorskip("cv2", reason="opencv-python-headless is not installed")
 
-from cosmos_models import control as C  # noqa: E402
-from cosmos_models.video_io import to_uint8  # noqa: E402
+from cosmos_models.sampling import control as C  # noqa: E402
+from cosmos_models.data.video_io import to_uint8  # noqa: E402
 
 T, H, W = 3, 32, 48
 

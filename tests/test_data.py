@@ -11,10 +11,8 @@ import torch
 cv2 = pytest.importorskip("cv2", reason="opencv-python-headless is not installed")
 pytest.importorskip("av", reason="PyAV is not installed")
 
-from cosmos_models import data as D  # noqa: E402
-from cosmos_models import video_io as V  # noqa: E402
-
-
+from cosmos_models.data import clips as D  # noqa: E402
+from cosmos_models.data import video_io as V  # noqa: E402
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")

@@ -1,4 +1,4 @@
-"""rCM distillation (cosmos_models/distill.py, distill_cli.py): the TrigFlow wrapper, the sCM tangent
+"""rCM distillation (cosmos_models/distill/rcm.py, distill_cli.py): the TrigFlow wrapper, the sCM tangent
 math on analytic networks (exact consistency function of Gaussian data), the loss against a direct
 transcription of rCM's training_step_generator, DMD / fake-score terms, the JVP of the whole tiny DiT
 through our kernels against torch.func.jvp over the plain-PyTorch reference path (float64) and on the
@@ -21,8 +21,12 @@ from cosmos_kernels.reference import flash_attention as ref_fa
 from cosmos_kernels.reference import neighborhood_attention as ref_na
 from cosmos_kernels.reference import rope as ref_rope
 from cosmos_kernels.testing import assert_close
-from cosmos_models import dit, distill as D, flow, solvers, train_data
-from cosmos_models.distill_cli import DistillConfig, Distiller
+from cosmos_models.data import prepare as train_data
+from cosmos_models.distill import rcm as D
+from cosmos_models.nets import dit
+from cosmos_models.sampling import solvers
+from cosmos_models.training import objective as flow
+from cosmos_models.distill.distiller import DistillConfig, Distiller
 from tests import helpers
 from tests.helpers import assert_curves_close, runnable_backends
 
@@ -321,7 +325,7 @@ def _reference_kernels():
 
 def _perturbed(name, dtype, seed=0):
     torch.manual_seed(seed)
-    model = cm.build(name, dtype=dtype, kernel_backend="torch")
+    model = cm.build(name, dtype=dtype)
     with torch.no_grad():
         for p in model.parameters():
             if p.abs().sum() == 0:  # zero-initialized projections: give every path signal
@@ -364,9 +368,9 @@ def test_jvp_of_the_tiny_dit_on_the_triton_backend_in_the_interpreter():
     F.square().sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    model.set_kernel_backend("triton")
-    F_t, dF_t = D.student_jvp(model, x, t, tx, tt, ctx)
-    F_t.square().sum().backward()
+    with ck.use_backend("triton"):
+        F_t, dF_t = D.student_jvp(model, x, t, tx, tt, ctx)
+        F_t.square().sum().backward()
     assert_close(F_t, F, torch.float32, long_reduction=True)
     assert_close(dF_t, dF, torch.float32, grad=True, long_reduction=True)
     for p, g in zip(model.parameters(), grads):
@@ -413,7 +417,7 @@ def run_forked(cfg: DistillConfig, world: int = 2) -> dict[int, list]:
 
 
 def _jvp_through_fsdp() -> bool:
-    from cosmos_models import parallel
+    from cosmos_models.training import parallel
     layout = parallel.init("cpu")
     try:
         return parallel.jvp_through_fsdp_supported(layout)
@@ -480,7 +484,7 @@ def _toy_data():
 
 def _train_toy_teacher(sample, steps=600):
     torch.manual_seed(0)
-    teacher = cm.build("tiny", kernel_backend="torch")
+    teacher = cm.build("tiny")
     opt = torch.optim.AdamW(teacher.parameters(), lr=2e-3, weight_decay=0.0)
     objective = flow.FlowMatching(condition=None, timesteps=flow.TimestepSampler(shift=1.0, num_train_timesteps=None))
     g = torch.Generator().manual_seed(1)
@@ -617,7 +621,7 @@ def test_conditioning_frames_hold_ground_truth_without_tangent():
 # sampling from a student, the CLIs
 # ---------------------------------------------------------------------------------------------
 def test_student_sampler_and_cosmos_sample_student(tmp_path):
-    from cosmos_models import sampler_cli
+    from cosmos_models.cli import sample as sampler_cli
     from cosmos_models.cli import main
 
     model = _perturbed("tiny", torch.float32)

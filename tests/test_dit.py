@@ -1,4 +1,4 @@
-"""The DiT (cosmos_models.dit, .variants, .config): official structure, forward/backward of every
+"""The DiT (cosmos_models.nets.dit, .variants, .config): official structure, forward/backward of every
 variant, per-frame modulation, kernel path vs an independent plain-PyTorch block, torch.compile,
 forward-mode JVP of the whole network, bad inputs."""
 import json
@@ -9,10 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import cosmos_kernels as ck
 import cosmos_models as cm
 from tests import helpers
 from cosmos_kernels import dispatch
-from cosmos_models.dit import Block, Frames
+from cosmos_models.nets.config import replace as replace_config
+from cosmos_models.nets.dit import Block, Frames
 from tests.helpers import runnable_backends
 
 # a copy of shared/official/predict2.5-2b.params.json (official parameter names and shapes of the 2B)
@@ -77,7 +79,7 @@ def test_configs_and_meta_builds():
     with pytest.raises(ValueError, match="unknown model config"):
         cm.get_config("predict9")
     with pytest.raises(ValueError, match="divisible"):
-        cm.config.replace(cm.get_config("tiny"), num_heads=3)
+        replace_config(cm.get_config("tiny"), num_heads=3)
 
 
 def test_build_dtype_device_and_blocks_are_modules():
@@ -269,11 +271,12 @@ def _block_inputs(model, T=2, H=4, W=6, B=2):
 
 @pytest.mark.parametrize("kernel_backend", [None, "torch"])
 def test_block_kernel_path_matches_official_math(kernel_backend):
-    model = cm.build("tiny", kernel_backend=kernel_backend)
+    model = cm.build("tiny")
     _perturb(model, 0.2)
     block = model.blocks[0]
     x, emb, ctx, freqs, lora, frames = _block_inputs(model)
-    out = block(x, emb, ctx, freqs, lora, frames)
+    with ck.use_backend(kernel_backend):
+        out = block(x, emb, ctx, freqs, lora, frames)
     expect = _official_block(block, x, emb, ctx, lora, frames.grid, model.config)
     assert (out - expect).norm() / expect.norm() < 1e-5
 
@@ -291,17 +294,28 @@ def test_one_block_on_triton_interpreter_matches_reference():
     block = model.blocks[0]
     x, emb, ctx, freqs, lora, frames = _block_inputs(model, T=2, H=2, W=4, B=1)
     expect = block(x, emb, ctx, freqs, lora, frames)
-    model.set_kernel_backend("triton")
-    out = block(x, emb, ctx, freqs, lora, frames)
+    with ck.use_backend("triton"):
+        out = block(x, emb, ctx, freqs, lora, frames)
     assert (out - expect).norm() / expect.norm() < 1e-4
 
 
-def test_model_kernel_backend_switch_and_validation():
+def test_the_model_takes_its_backends_from_the_one_switch(monkeypatch):
+    """No per-model backend: every kernel of the forward asks dispatch, which use_backend steers
+    (per op too) and which rejects a bad spec naming it."""
     model = cm.build("tiny")
-    model.set_kernel_backend("torch")
-    assert all(b.kernel_backend == "torch" for b in model.blocks) and model.final_layer.kernel_backend == "torch"
-    with pytest.raises(ValueError, match="kernel_backend"):
-        model.set_kernel_backend("cudnn")
+    x, t, ctx, _ = inputs(model, B=1)
+    seen = []
+    real = dispatch.backend_for
+    monkeypatch.setattr(dispatch, "backend_for", lambda op, tensor, backend=None: seen.append(
+        (op, real(op, tensor, backend))) or seen[-1][1])
+    with ck.use_backend("torch", flash_attention="torch"):
+        model(x, t, ctx)
+    assert seen and all(b == "torch" for _, b in seen)
+    assert {"adaln_modulate", "gated_residual_adaln", "gated_residual", "qk_norm_rope", "flash_attention"} <= {
+        op for op, _ in seen}
+    with pytest.raises(ValueError, match="unknown backend 'cudnn'"):
+        with ck.use_backend("cudnn"):
+            pass
 
 
 def test_torch_compile_block():
@@ -319,7 +333,7 @@ def test_torch_compile_block():
 # forward-mode JVP of the whole network (rCM distillation relies on it)
 # ---------------------------------------------------------------------------------------------
 def test_jvp_of_whole_tiny_dit_matches_finite_differences():
-    model = cm.build("tiny", dtype=torch.float64, kernel_backend="torch")
+    model = cm.build("tiny", dtype=torch.float64)
     _perturb(model, 0.2)
     x, t, ctx, _ = inputs(model, B=1, T=2, H=2, W=4, text_tokens=3, dtype=torch.float64)
     tx, tt = torch.randn_like(x), torch.randn_like(t) * 10

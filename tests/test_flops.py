@@ -1,4 +1,4 @@
-"""cosmos_models.flops: the analytic count equals torch.utils.flop_counter.FlopCounterMode on the real
+"""cosmos_models.nets.flops: the analytic count equals torch.utils.flop_counter.FlopCounterMode on the real
 model (every tiny variant, matmul and attention FLOPs exactly, forward and backward), the published
 2B shapes, context-parallel bookkeeping, bad input."""
 import pytest
@@ -6,9 +6,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import cosmos_models as cm
-from cosmos_models import flops
+from cosmos_models.nets import flops
 from cosmos_kernels.neighborhood_attention import attended_pairs
-from cosmos_models.config import SparseWindow
+from cosmos_models.nets.config import SparseWindow
+from cosmos_models.nets.config import replace as replace_config
 
 MATMULS = {"aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.convolution"}
 ATTENTION_FWD = {"cosmos_kernels.flash_attention", "cosmos_kernels.neighborhood_attention_3d"}
@@ -49,7 +50,7 @@ def _measured(model, batch, latent, text_len) -> dict:
 @pytest.mark.parametrize("name", ["tiny", "tiny-natten", "tiny-transfer", "tiny-multiview", "tiny-action"])
 def test_count_equals_flop_counter(name):
     torch.manual_seed(0)
-    model = cm.build(name, kernel_backend="torch")  # counts do not depend on the backend; the reference is fast
+    model = cm.build(name)  # counts do not depend on the backend; the reference is fast
     cfg = model.config
     batch, text_len = 2, 5
     latent = (2 * cfg.frames_per_view, 16, 12) if cfg.variant == "multiview" else (3, 16, 12)
@@ -68,9 +69,9 @@ def test_sparse_blocks_count_real_pairs():
     base = cm.get_config("tiny-natten")
     windows = (SparseWindow((2, 3, 5), dilation=(1, 2, 1), stride=(1, 2, 2), is_causal=(True, False, False)),
                SparseWindow((-1, -1, -1)))
-    cfg = cm.config.replace(base, name="tiny-natten-mixed", sparse_attention=windows)
+    cfg = replace_config(base, name="tiny-natten-mixed", sparse_attention=windows)
     latent = (3, 16, 12)
-    got = _measured(cm.build(cfg, kernel_backend="torch"), 1, latent, 4)
+    got = _measured(cm.build(cfg), 1, latent, 4)
     want = flops.count(cfg, latent=latent, text_len=4)
     assert {k: want[k] for k in got} == got
     dense = flops.count(cfg, latent=latent, text_len=4, sparse=False)

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from cosmos_models import flow as F
-
+from cosmos_models.training import objective as F
 N = 100_000
 
 

@@ -1,4 +1,4 @@
-"""cosmos_models.mfu and the benchmark commands: activation-checkpointing policies (recomputation
+"""cosmos_models.perf.mfu and the benchmark commands: activation-checkpointing policies (recomputation
 measured with FlopCounterMode), part ranges, `cosmos bench train-step` JSON and trace, `cosmos mfu
 record|check` against a fresh and a doctored baseline, `cosmos bench kernels --chart`. CPU, tiny."""
 import json
@@ -11,7 +11,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import cosmos_models as cm
 from bench import chart
-from cosmos_models import flops, mfu, sac
+from cosmos_models.nets import flops
+from cosmos_models.perf import baselines, mfu, ranges
+from cosmos_models.training import sac
 from cosmos_models.cli import main as cosmos
 
 BLOCK_PARTS = ("self_attn_proj", "self_attn_core", "cross_attn_proj", "cross_attn_core", "mlp", "adaln_modulation")
@@ -31,12 +33,12 @@ def _loss_and_grads(model, inputs):
 
 
 def test_checkpoint_policies_recompute_what_they_say():
-    """The train step's activation checkpointing (cosmos_models.sac) keeps the gradients, and the
+    """The train step's activation checkpointing (cosmos_models.training.sac) keeps the gradients, and the
     backward's extra FLOPs are exactly the recomputed forward, which the MFU does not count as
     useful: full -> every block matmul and attention, predict2_2b_720_aggressive (attention saved)
     -> the matmuls, mm_only -> the attention, linear_selfattn -> the cross-attention core."""
     torch.manual_seed(0)
-    base_model = cm.build("tiny-natten", kernel_backend="torch")  # the reference kernels: fast on a CPU
+    base_model = cm.build("tiny-natten")  # the reference kernels: fast on a CPU
     with torch.no_grad():  # the zero-initialized projections carry signal too
         for p in base_model.parameters():
             if p.abs().sum() == 0:
@@ -55,7 +57,7 @@ def test_checkpoint_policies_recompute_what_they_say():
                   "mm_only": (0, count["attention_forward"]),
                   "linear_selfattn": (0, parts["cross_attn_core"]["forward"])}
     for policy, (extra_mm, extra_attention) in recomputed.items():
-        model = cm.build("tiny-natten", kernel_backend="torch")
+        model = cm.build("tiny-natten")
         model.load_state_dict(base_model.state_dict())
         sac.apply(model, policy)
         grads, counts = _loss_and_grads(model, inputs)
@@ -65,22 +67,32 @@ def test_checkpoint_policies_recompute_what_they_say():
         assert sum(counts.get(k, 0) for k in ATTENTION) == extra_attention, policy
 
 
+def _hooks(model):
+    return [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()]
+
+
 def test_part_ranges_time_every_part_and_leave_no_hooks():
-    step = mfu.TrainStep(mfu.StepSettings("tiny-transfer", sac="full", backend="torch"), "cpu")
-    ranges = mfu.PartRanges(step.model, nvtx=mfu.nvtx_available(), profiler=True, timing=True)
-    step.ranges = ranges
-    with ranges:
-        loss = step()
-        times = ranges.times()
+    """On the trainer's own step (FSDP2, SAC, EMA) of a Transfer model: every part is timed forward,
+    backward and in its recomputation, and the ranges leave the model's hooks (FSDP's) as they were."""
+    step = mfu.TrainerStep(mfu.StepSettings("tiny-transfer", sac="full", backend="torch"), "cpu")
+    try:
+        before = _hooks(step.model)
+        parts = ranges.PartRanges(step.model, nvtx=ranges.nvtx_available(), profiler=True, timing=True)
+        step.ranges = parts
+        with parts:
+            loss = step()
+            times = parts.times()
+        after = _hooks(step.model)
+    finally:
+        step.close()
     assert torch.isfinite(loss)
     for part in ("self_attn", "cross_attn", "mlp", "final_layer", "control_branch"):
         assert times[part, "fwd"] > 0 and times[part, "bwd"] > 0, part
     for part in ("self_attn", "cross_attn", "mlp"):  # checkpointed blocks run their parts again
         assert times[part, "recompute"] > 0, part
     assert times["patch_embed", "fwd"] > 0 and ("optimizer", "step") in times and ("loss", "step") in times
-    assert not ranges._open and not ranges._handles
-    for m in step.model.modules():
-        assert not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
+    assert ("ema", "step") in times and ("flow_inputs", "step") in times
+    assert not parts._open and not parts._handles and after == before
 
 
 def _run_cli(argv, capsys):
@@ -91,7 +103,7 @@ def _run_cli(argv, capsys):
 def test_bench_train_step_writes_json_and_trace(tmp_path, capsys):
     out = tmp_path / "ts.json"
     code, cap = _run_cli(["bench", "train-step", "--config", "tiny", "--resolution", "64x48", "--frames", "9",
-                          "--steps", "2", "--warmup", "1", "--breakdown-steps", "1", *(["--nvtx"] if mfu.nvtx_available() else []), "--backend", "torch",
+                          "--steps", "2", "--warmup", "1", "--breakdown-steps", "1", *(["--nvtx"] if ranges.nvtx_available() else []), "--kernel-backend", "torch",
                           "--trace", str(tmp_path / "trace"), "--out", str(out)], capsys)
     assert code == 0, cap.err
     result = json.loads(out.read_text())
@@ -118,7 +130,7 @@ def test_mfu_record_then_check(tmp_path, capsys):
     baseline = tmp_path / "cpu.json"
     threads = torch.get_num_threads()
     # one CPU thread: a parallel region on a shared 2-core host waits for its descheduled thread
-    quick = ["--backend", "torch", "--threads", "1", "--steps", "3", "--warmup", "1", "--repeats", "2",
+    quick = ["--kernel-backend", "torch", "--threads", "1", "--steps", "3", "--warmup", "1", "--repeats", "2",
              "--out", str(baseline)]
     code, cap = _run_cli(["mfu", "record", "--config", "tiny", *quick], capsys)
     assert code == 0, cap.err
@@ -152,7 +164,7 @@ def test_train_step_context_parallel_two_processes(tmp_path):
     out = tmp_path / "cp2.json"
     proc = subprocess.run(["torchrun", "--nproc-per-node", "2", "-m", "cosmos_models.cli", "bench", "train-step",
                            "--config", "tiny", "--cp", "2", "--frames", "5", "--steps", "2", "--warmup", "1",
-                           "--breakdown-steps", "0", "--backend", "torch", "--out", str(out)],
+                           "--breakdown-steps", "0", "--kernel-backend", "torch", "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -161,7 +173,7 @@ def test_train_step_context_parallel_two_processes(tmp_path):
 
 
 def test_settings_and_arguments_are_checked():
-    with pytest.raises(ValueError, match="cp=2 needs 2 processes"):
+    with pytest.raises(ValueError, match="cannot be laid out"):
         mfu.measure(mfu.StepSettings("tiny", frames=5, cp=2), "cpu")
     with pytest.raises(ValueError, match="checkpointing policy 'everything'"):
         mfu.StepSettings("tiny", sac="everything")
@@ -172,9 +184,9 @@ def test_settings_and_arguments_are_checked():
     with pytest.raises(ValueError, match="steps"):
         mfu.StepSettings("tiny", steps=0)
     assert mfu.StepSettings("predict2.5-2b", resolution="480p").pixels() == (93, 480, 832)
-    assert mfu.parse_tolerance("3%") == pytest.approx(0.03) and mfu.parse_tolerance("0.5") == 0.5
+    assert baselines.parse_tolerance("3%") == pytest.approx(0.03) and baselines.parse_tolerance("0.5") == 0.5
     with pytest.raises(ValueError, match="percentage"):
-        mfu.parse_tolerance("three")
+        baselines.parse_tolerance("three")
 
 
 def test_speedups_pick_best_of_ours_and_peers():
@@ -212,6 +224,6 @@ def test_check_without_baseline_file(capsys):
 
 
 def test_nvtx_ranges_on_a_torch_without_nvtx_are_a_clear_error(monkeypatch):
-    monkeypatch.setattr(mfu, "nvtx_available", lambda: False)
+    monkeypatch.setattr(ranges, "nvtx_available", lambda: False)
     with pytest.raises(ValueError, match="no NVTX binding"):
-        mfu.PartRanges(torch.nn.Linear(2, 2), nvtx=True)
+        ranges.PartRanges(torch.nn.Linear(2, 2), nvtx=True)

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 import cosmos_models as cm
-from cosmos_models.config import replace
-from cosmos_models import cli, solvers
-from cosmos_models.control import edge_control
-from cosmos_models.sampler import (CONDITION_SIGMA, Sampler, SamplerWarning, latent_chunk_plan, pixel_chunk_plan,
+from cosmos_models.nets.config import replace
+from cosmos_models import cli
+from cosmos_models.sampling import solvers
+from cosmos_models.sampling.control import edge_control
+from cosmos_models.sampling.sampler import (CONDITION_SIGMA, Sampler, SamplerWarning, latent_chunk_plan, pixel_chunk_plan,
                                    round_up_to_vae_frames)
-from cosmos_models.vae import WanVAE
-from cosmos_models.video_io import read_video, write_video
+from cosmos_models.nets.vae import WanVAE
+from cosmos_models.data.video_io import read_video, write_video
 
 STEPS = 3
 

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from cosmos_models import solvers as S
-
+from cosmos_models.sampling import solvers as S
 F64 = torch.float64
 
 

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 import cosmos_models as cm
-from cosmos_models import checkpointing, sac, train_data
-from cosmos_models.ema import EMA, power_exponent
-from cosmos_models.train import TrainConfig, Trainer, lr_factor, resolve
+from cosmos_models.data import prepare as train_data
+from cosmos_models.training import checkpointing, sac
+from cosmos_models.training.ema import EMA, power_exponent
+from cosmos_models.training.trainer import TrainConfig, Trainer, lr_factor, resolve
 from tests import helpers
 from tests.helpers import assert_curves_close
 
@@ -65,7 +66,7 @@ def _sac_grads(policy):
             return func(*args, **(kwargs or {}))
 
     torch.manual_seed(0)
-    model = cm.build("tiny", kernel_backend="torch")
+    model = cm.build("tiny")
     with torch.no_grad():  # non-zero modulation, so every op matters
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -181,7 +182,7 @@ def test_two_processes_fsdp_and_context_parallel_match_one_process(tmp_path, cli
 def test_context_parallel_online_encoding_and_image_batch_smaller_than_the_group(tmp_path):
     """Clips without cached latents: under CP 2 the group's cp rank 0 encodes the video and broadcasts
     the latents; one image per group: both ranks compute it with CP off, its gradient counted once."""
-    from cosmos_models.data import make_synthetic_videos
+    from cosmos_models.data.clips import make_synthetic_videos
     raw = tmp_path / "raw"
     make_synthetic_videos(raw, n=2, frames=12, size=(64, 64), text_len=8, text_dim=48)
     common = dict(steps=3, image_prob=0.5, batch=1, image_batch=1, seed=0)  # step 3 is an image batch
@@ -265,14 +266,14 @@ def test_crash_during_save_keeps_the_last_checkpoint(tmp_path, clips, monkeypatc
         assert not os.path.exists(os.path.join(root, "step_000003.tmp"))  # leftovers removed at start
         for k, v in resumed.model.state_dict().items():
             assert torch.equal(v.full_tensor(), saved_weights[k]), k
-        resumed.peak = 1e9  # pretend a GPU peak: the MFU path (cosmos_models.flops) runs and is logged
+        resumed.peak = 1e9  # pretend a GPU peak: the MFU path (cosmos_models.nets.flops) runs and is logged
         resumed.train()
     finally:
         resumed.close()
     assert [s for s, _ in checkpointing.complete_checkpoints(root)] == [3]  # saved, then older ones pruned
     with open(out / "train_log.jsonl") as f:
         last = json.loads(f.readlines()[-1])
-    from cosmos_models import flops
+    from cosmos_models.nets import flops
     useful = flops.count("tiny", batch=1, latent=(2, 8, 8), text_len=8)["total_train_step"]
     assert last["step"] == 3 and math.isclose(last["mfu"], useful / last["step_time_s"] / 1e9, rel_tol=1e-9)
     # a pointer to a missing folder (a kill between rename and pointer update) falls back to the newest

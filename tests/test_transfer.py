@@ -1,10 +1,10 @@
-"""Transfer2.5 control branch (cosmos_models.transfer): zero at init, hints through the zero-init
+"""Transfer2.5 control branch (cosmos_models.nets.transfer): zero at init, hints through the zero-init
 projections, per-modality weights and spatial maps, packed slots, image context, errors."""
 import pytest
 import torch
 
 import cosmos_models as cm
-from cosmos_models.config import replace
+from cosmos_models.nets.config import replace
 
 
 def _setup(B=1, T=2, H=4, W=4):

@@ -1,12 +1,10 @@
-"""Front ends (cosmos_models.vae, cosmos_models.text): the WAN2.1 VAE through diffusers on a tiny
+"""Front ends (cosmos_models.nets.vae, cosmos_models.nets.text): the WAN2.1 VAE through diffusers on a tiny
 random config, the official latent normalization, frame arithmetic, text embedding preparation."""
 import pytest
 import torch
 
 import cosmos_models as cm
-from cosmos_models import text, vae
-
-
+from cosmos_models.nets import text, vae
 def test_frame_arithmetic():
     assert [vae.latent_frames(n) for n in (1, 5, 93)] == [1, 2, 24]
     assert [vae.pixel_frames(n) for n in (1, 2, 24)] == [1, 5, 93]

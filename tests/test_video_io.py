@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from cosmos_models import video_io as V
-
+from cosmos_models.data import video_io as V
 cv2 = pytest.importorskip("cv2", reason="opencv-python-headless is not installed")
 
 

@@ -19,8 +19,8 @@ import triton
 import triton.language as tl
 
 from cosmos_kernels import _alloc
-from cosmos_kernels.adaln import row_chunks
-from cosmos_kernels.aot import AotSpec
+from cosmos_kernels._grid import row_chunks
+from cosmos_kernels.triton import AotSpec
 
 # ---------------------------------------------------------------------------------------------
 # gated residual: x + gate * y, elementwise on (BLOCK_N tokens × BLOCK_D features) tiles

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from cosmos_kernels import _alloc
-from cosmos_kernels.aot import AotSpec
+from cosmos_kernels.triton import AotSpec
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453

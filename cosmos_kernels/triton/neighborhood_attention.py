@@ -56,7 +56,7 @@ import triton
 import triton.language as tl
 
 from cosmos_kernels import _alloc
-from cosmos_kernels.aot import AotSpec
+from cosmos_kernels.triton import AotSpec
 from cosmos_kernels.reference import neighborhood_attention as ref
 
 LOG2E = 1.4426950408889634

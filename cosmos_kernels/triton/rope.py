@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from cosmos_kernels import _alloc
-from cosmos_kernels.aot import AotSpec
+from cosmos_kernels.triton import AotSpec
 
 NUM_WARPS = 4
 TILE = 1024            # elements per half-tile [BLOCK_H, BLOCK_HALF]: 8 per thread at 4 warps

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from cosmos_kernels import _alloc
-from cosmos_kernels.aot import AotSpec
+from cosmos_kernels.triton import AotSpec
 from cosmos_kernels.reference.ulysses import chunk_columns, split_sizes
 
 TILE = 4096          # elements per program: 8 KiB of bf16, 16 per thread at 8 warps

@@ -41,10 +41,14 @@ from collections import defaultdict
 
 import torch
 
-from cosmos_models.config import DiTConfig, SparseWindow, get_config
-from cosmos_models.vae import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION
+from cosmos_models.nets import registry
+from cosmos_models.nets.config import DiTConfig, SparseWindow, get_config
+from cosmos_models.nets.vae import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION
 
 ATTENTION_BACKWARD_FACTOR = 2.5  # FlashAttention's convention: backward = 2.5 x forward
+# The peak every MFU figure of this project is quoted against (DESIGN.md "MFU"): NVIDIA H100 SXM,
+# bf16 dense (no sparsity), datasheet, in FLOP/s. The peak used is printed with every MFU.
+H100_SXM_BF16_DENSE = 989.4e12
 
 PARTS = ("patch_embed", "t_embedder", "crossattn_proj", "img_context_proj", "action_embedder",
          "self_attn_proj", "self_attn_core", "cross_attn_proj", "cross_attn_core", "mlp", "adaln_modulation",
@@ -145,11 +149,11 @@ def _block(t: _Shape, tally: _Tally, window: SparseWindow | None, names: dict[st
 def _tally(t: _Shape, control_passes: int) -> _Tally:
     cfg = t.cfg
     D, B = cfg.model_channels, t.batch
+    cls = registry.model_class(cfg)
     patch = cfg.patch_spatial * cfg.patch_spatial * cfg.patch_temporal
     tally = _Tally()
     # replicated on every rank: the embeddings run on the full inputs before the sequence is split.
-    # The multiview input carries the learnt view embedding, so it needs a gradient.
-    tally.linear("patch_embed", B * t.tokens, cfg.in_channels * patch, D, input_grad=cfg.variant == "multiview")
+    tally.linear("patch_embed", B * t.tokens, cfg.in_channels * patch, D, input_grad=cls.embed_input_grad)
     tally.linear("t_embedder", t.frame_rows, D, D, input_grad=False)      # linear_1 on the sinusoid
     tally.linear("t_embedder", t.frame_rows, D, 3 * D)                    # linear_2: shared AdaLN-LoRA term
     if cfg.crossattn_proj_in_channels is not None:
@@ -157,28 +161,14 @@ def _tally(t: _Shape, control_passes: int) -> _Tally:
                      input_grad=False)
     if cfg.image_context_dim is not None:
         tally.linear("img_context_proj", B * cfg.image_context_tokens, cfg.image_context_dim, D, input_grad=False)
-    if cfg.variant == "action":  # two MLPs over the T-1 action groups (the first frame is zero-padded)
-        rows = B * (t.grid[0] - 1)
-        features = cfg.action_dim * cfg.actions_per_latent_frame
-        hidden = cfg.action_hidden_dim or 4 * D
-        for out in (D, 3 * D):
-            tally.linear("action_embedder", rows, features, hidden, input_grad=False)
-            tally.linear("action_embedder", rows, hidden, out)
 
     main = {n: n for n in ("self_attn_proj", "self_attn_core", "cross_attn_proj", "cross_attn_core", "mlp",
                            "adaln_modulation")}
     for i in range(cfg.num_blocks):
         _block(t, tally, cfg.window(i), main)
-
-    if cfg.variant == "transfer":  # the control branch, once per modality pass; its blocks are dense
-        control = dict.fromkeys(main, "control_branch")
-        for _ in range(control_passes):
-            tally.linear("control_branch", B * t.tokens, cfg.control_in_channels * patch, D, input_grad=False)
-            for j in range(len(cfg.control_block_indices)):
-                if j == 0:
-                    tally.linear("control_branch", t.local_rows, D, D)  # before_proj
-                _block(t, tally, None, control)
-                tally.linear("control_branch", t.local_rows, D, D)      # after_proj
+    # the variant's own layers (action embedder, control branch, ...): counted by its class
+    cls.count_variant_flops(t, tally, lambda window, part: _block(t, tally, window, dict.fromkeys(main, part)),
+                            control_passes)
 
     r, out = cfg.adaln_lora_dim, patch * cfg.latent_channels
     tally.linear("final_layer", t.local_frame_rows, D, r)
@@ -237,12 +227,7 @@ def count(config: DiTConfig | str, batch: int = 1, frames: int | None = None, he
     text_len = cfg.text_len if text_len is None else text_len
     if isinstance(text_len, bool) or not isinstance(text_len, int) or text_len < 1:
         raise ValueError(f"count: text_len must be a positive int, got {text_len!r}")
-    views = 1
-    if cfg.variant == "multiview":
-        if grid[0] % cfg.frames_per_view:
-            raise ValueError(f"count: {grid[0]} latent frames are not a multiple of frames_per_view="
-                             f"{cfg.frames_per_view} ({cfg.name})")
-        views = grid[0] // cfg.frames_per_view
+    views = registry.model_class(cfg).flop_views(cfg, grid)
     if cp > 1:
         if (grid[0] // views) % cp:
             raise ValueError(f"count: cp={cp} does not divide the {grid[0] // views} latent frames per view")

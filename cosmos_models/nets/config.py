@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from cosmos_models.nets.registry import VARIANTS
+
 # Transfer2.5 control modalities in slot order: slot i of the control latent holds modality i.
 CONTROL_MODALITIES = ("edge", "blur", "depth", "seg")
 
@@ -68,7 +70,7 @@ class DiTConfig:
     image_context_dim: int | None = None
     image_context_tokens: int = 256
     # --- variant ---
-    variant: str = "predict"           # "predict" | "transfer" | "multiview" | "action"
+    variant: str = "predict"           # a name of cosmos_models.nets.registry.VARIANTS
     # transfer: control blocks after these main blocks; control latent slots of latent_channels each
     control_block_indices: tuple[int, ...] = ()
     control_slots: int = 8
@@ -103,8 +105,8 @@ class DiTConfig:
         if self.sparse_attention and len(self.sparse_attention) != self.num_blocks:
             raise ValueError(f"{self.name}: sparse_attention has {len(self.sparse_attention)} entries, "
                              f"expected one per block ({self.num_blocks}) or none")
-        if self.variant not in ("predict", "transfer", "multiview", "action"):
-            raise ValueError(f"{self.name}: unknown variant {self.variant!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"{self.name}: unknown variant {self.variant!r}; registered: {sorted(VARIANTS)}")
         if self.variant == "transfer":
             if not self.control_block_indices or self.control_block_indices[0] != 0:
                 raise ValueError(f"{self.name}: a transfer config needs control_block_indices starting at 0, "

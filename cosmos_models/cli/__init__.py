@@ -1,5 +1,10 @@
-"""The `cosmos` command. Each subcommand lives in its own module, which provides
-`add_arguments(parser)` and `run(args) -> int`; only the chosen one is imported."""
+"""The `cosmos` command: one thin module per command (parse the flags, call the library, print).
+
+Each command module provides `add_arguments(parser)` and `run(args) -> int`; only the chosen one is
+imported. `cosmos selfcheck` and `cosmos bench` are served by bench/ (the benchmarks sit on top of
+everything): the table below names their modules, which are imported by name when chosen, so the
+library never imports bench/.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,10 +14,10 @@ import sys
 COMMANDS = {
     "selfcheck": ("bench.kernels", "check and time every kernel against its reference on this device"),
     "bench": ("bench.cli", "benchmarks: kernels, train-step, sample-step"),
-    "train": ("cosmos_models.train", "flow-matching training (torchrun for several processes)"),
-    "distill": ("cosmos_models.distill", "rCM timestep distillation of a trained teacher"),
-    "sample": ("cosmos_models.sampler", "generate videos (text/image/video2world, transfer, multiview, action)"),
-    "mfu": ("cosmos_models.mfu", "record / check MFU baselines"),
+    "train": ("cosmos_models.cli.train", "flow-matching training (torchrun for several processes)"),
+    "distill": ("cosmos_models.cli.distill", "rCM timestep distillation of a trained teacher"),
+    "sample": ("cosmos_models.cli.sample", "generate videos (text/image/video2world, transfer, multiview, action)"),
+    "mfu": ("cosmos_models.cli.mfu", "record / check MFU baselines"),
 }
 
 
@@ -42,7 +47,3 @@ def main(argv: list[str] | None = None) -> int:
     except MissingDependency as exc:  # an optional package this feature needs: one line, not a traceback
         print(f"cosmos {name}: error: {exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cosmos_models import video_io
-from cosmos_models.vae import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION
+from cosmos_models.data import video_io
+from cosmos_models.nets.vae import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION
 
 # Stage resolutions, (H, W) in pixels: 256p is 320×192, 480p 832×480, 720p 1280×704 (W×H).
 RESOLUTIONS: dict[str, tuple[int, int]] = {"256p": (192, 320), "480p": (480, 832), "720p": (704, 1280)}

@@ -4,7 +4,7 @@ The world (torchrun's processes, or one process without torchrun) is a 3-D grid 
 (replicate R, shard S, cp C), rank = (r·S + s)·C + c:
 
 - cp: the C ranks of a context-parallel group hold consecutive ranks. They get the same video batch
-  and split its sequence (Ulysses, see cosmos_models/dit.py), so each computes only a part of every
+  and split its sequence (Ulysses, see cosmos_models/nets/dit.py), so each computes only a part of every
   parameter's gradient; the group's parts sum to the full gradient.
 - data parallel: the R·S groups get different batches; dp_rank = rank // C.
 - FSDP2 shards parameters, gradients and optimizer state over all S·C ranks of a replica (mesh
@@ -16,7 +16,7 @@ the reduce-scatter over all S·C ranks sums the cp ranks' partial gradients in t
 that averages over data parallelism (one collective instead of two), and parameters and optimizer
 state are sharded C times finer. FSDP divides the sum by the mesh size (R·S·C) while the correct
 gradient is the sum over cp divided by R·S, so the trainer scales the loss it back-propagates by C
-on video batches (cosmos_models/train.py; image batches, which run without CP, are scaled so the
+on video batches (cosmos_models/training/trainer.py; image batches, which run without CP, are scaled so the
 same division gives the data-parallel mean too).
 """
 from __future__ import annotations
@@ -169,7 +169,7 @@ def shard_model(model: nn.Module, layout: Layout, param_dtype: torch.dtype | Non
     angles in fp32 and casts the tokens itself."""
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-    from cosmos_models.dit import Block
+    from cosmos_models.nets.dit import Block
 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     blocks = [m for m in model.modules() if isinstance(m, Block)]

@@ -211,3 +211,28 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
         meta["config"] = cfg.name
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(path), metadata=meta)
+
+
+def config_from_checkpoint(path: str) -> str | None:
+    """The config name `save_checkpoint` records in a safetensors file's metadata, if any."""
+    if not (os.path.isfile(path) and path.endswith(".safetensors")):
+        return None
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return (f.metadata() or {}).get("config")
+
+
+def write_weights(config, weights: Mapping[str, Tensor] | None, path: str | os.PathLike) -> None:
+    """A full state dict of `config`'s network as a safetensors file, written atomically (a temporary
+    file renamed into place). `weights` None (a rank that holds no gathered copy) writes nothing."""
+    if weights is None:
+        return
+    from cosmos_models.nets.registry import model_class
+
+    with torch.device("meta"):
+        holder = model_class(config)(config)
+    holder.load_state_dict(weights, assign=True, strict=True)
+    tmp = f"{os.fspath(path)}.tmp.{os.getpid()}"
+    save_checkpoint(holder, tmp)
+    os.replace(tmp, path)

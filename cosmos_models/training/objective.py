@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from cosmos_models.vae import latent_frames as pixel_to_latent_frames
+from cosmos_models.nets.vae import latent_frames as pixel_to_latent_frames
 
 NUM_TRAIN_TIMESTEPS = 1000
 OFFICIAL_SHIFT = 5.0

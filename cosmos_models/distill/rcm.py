@@ -1,6 +1,6 @@
 """rCM timestep distillation of a rectified-flow teacher (sCM with forward-mode JVP + DMD), and the
-few-step sampler of the distilled student. The `cosmos distill` command and the training loop live
-in `cosmos_models.distill_cli` (re-exported here as `add_arguments` / `run`).
+few-step sampler of the distilled student. The training loop is `cosmos_models.distill.distiller`,
+the `cosmos distill` command `cosmos_models.cli.distill`.
 
 Sources: NVlabs/rcm `rcm/models/t2v_model_distill_rcm.py` (the code; followed where it and a paper
 differ), `rcm/utils/denoiser_scaling.py`, its Wan2.1 experiment config; sCM = Lu & Song,
@@ -55,7 +55,7 @@ Schedule: the student is updated at iterations i < tangent_warmup and at i ≡ 0
 student_update_freq (5) after, the fake score at the others; DMD needs the fake score, so it starts
 after the warmup. Loss of a step = mean over the batch of (loss_scale_scm·L_sCM + loss_scale_dmd·L_DMD)
 or of loss_scale_fake·L_fake. Samples with a NaN in g or F_θ (or in L_DMD) contribute 0 (rCM).
-Optimizers (distill_cli): AdamW β = (0, 0.999), weight decay 0.01, lr 2e-6 (student) / 4e-7 (fake).
+Optimizers (distiller.py): AdamW β = (0, 0.999), weight decay 0.01, lr 2e-6 (student) / 4e-7 (fake).
 
 Conditioning frames (Image/Video2World; an extension of rCM, which distills Text2World): frames
 with mask m = 1 hold ground truth at the official conditioning timestep s_c (1e-4): their TrigFlow
@@ -78,7 +78,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from cosmos_models.sampler import Sampler
+from cosmos_models.sampling.sampler import Sampler
 
 DEFAULT_MID_T = (1.5, 1.4, 1.0)
 DEFAULT_SIGMA_MAX = 80.0
@@ -547,7 +547,7 @@ def few_step_sample(student: nn.Module, noise: Tensor, context: Tensor, *, gener
 
 
 class StudentSampler(Sampler):
-    """The sampling pipeline (cosmos_models.sampler.Sampler: every mode, conditioning frames, long
+    """The sampling pipeline (cosmos_models.sampling.sampler.Sampler: every mode, conditioning frames, long
     videos, VAE, mp4) with each denoising run replaced by the few-step sampler of a distilled student:
     `num_steps` defaults to 4, no classifier-free guidance (the student learned the guided teacher).
     Conditioning frames are held at gt with the official conditioning timestep."""
@@ -585,10 +585,3 @@ class StudentSampler(Sampler):
         return few_step_sample(self.model, noise, context.to(self.device), generator=generator,
                                steps=4 if num_steps is None else num_steps, mid_t=self.mid_t,
                                sigma_max=self.sigma_max, condition=cond, model_inputs=inputs, progress=progress)
-
-
-def __getattr__(name: str):
-    if name in ("add_arguments", "run"):  # the CLI (cosmos_models/cli.py routes "distill" here)
-        from cosmos_models import distill_cli
-        return getattr(distill_cli, name)
-    raise AttributeError(f"module 'cosmos_models.distill' has no attribute {name!r}")

@@ -17,11 +17,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cosmos_models.dit import DiT, _linear
+from cosmos_models.nets.dit import DiT, _linear
 
 
 class MultiviewDiT(DiT):
     variant_inputs = ("view_indices", "num_views")
+    sampler_modes = ("multiview",)
+    embed_input_grad = True  # the input carries the learnt view embedding
+
+    @classmethod
+    def flop_views(cls, cfg, grid) -> int:
+        if grid[0] % cfg.frames_per_view:
+            raise ValueError(f"count: {grid[0]} latent frames are not a multiple of frames_per_view="
+                             f"{cfg.frames_per_view} ({cfg.name})")
+        return grid[0] // cfg.frames_per_view
+
+    @classmethod
+    def example_inputs(cls, cfg, batch, latent_shape, generator, device=None, dtype=torch.float32) -> dict:
+        views = cls.flop_views(cfg, latent_shape)
+        return {"view_indices": torch.arange(views, device=device).expand(batch, views), "num_views": views}
 
     def _build_variant(self) -> None:
         cfg = self.config
@@ -74,6 +88,24 @@ class _ActionMlp(nn.Module):
 
 class ActionDiT(DiT):
     variant_inputs = ("action",)
+    sampler_modes = ("action",)
+
+    @classmethod
+    def example_inputs(cls, cfg, batch, latent_shape, generator, device=None, dtype=torch.float32) -> dict:
+        steps = cfg.actions_per_latent_frame * (latent_shape[0] - 1)
+        return {"action": torch.randn(batch, steps, cfg.action_dim, generator=generator, dtype=dtype).to(device)}
+
+    @staticmethod
+    def count_variant_flops(shape, tally, block, control_passes: int) -> None:
+        """Two MLPs over the T - 1 action groups (the first frame is zero-padded)."""
+        cfg = shape.cfg
+        D = cfg.model_channels
+        rows = shape.batch * (shape.grid[0] - 1)
+        features = cfg.action_dim * cfg.actions_per_latent_frame
+        hidden = cfg.action_hidden_dim or 4 * D
+        for out in (D, 3 * D):
+            tally.linear("action_embedder", rows, features, hidden, input_grad=False)
+            tally.linear("action_embedder", rows, hidden, out)
 
     def _build_variant(self) -> None:
         cfg = self.config

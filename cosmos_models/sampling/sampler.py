@@ -1,6 +1,6 @@
 """Sampling pipeline: Text2World, Image2World, Video2World, Transfer control, multiview, action,
-long videos in autoregressive chunks, VAE decode, mp4 out. The `cosmos sample` command lives in
-`cosmos_models.sampler_cli` (re-exported here as `add_arguments` / `run`).
+long videos in autoregressive chunks, VAE decode, mp4 out. The `cosmos sample` command is
+`cosmos_models.cli.sample`.
 
     sampler = Sampler(model, vae, device="cuda", dtype=torch.bfloat16)
     video = sampler.generate("image2world", prompt_embedding=emb, image=img, seed=1)   # (3, T, H, W) in [-1, 1]
@@ -45,7 +45,6 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,18 +53,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cosmos_models import solvers
+from cosmos_models.sampling import solvers
 from cosmos_models._deps import progress_bar
-from cosmos_models.config import DiTConfig
-from cosmos_models.text import prepare_embeddings
-from cosmos_models.vae import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, latent_frames, pixel_frames
-from cosmos_models.video_io import read_image, read_image_or_video, to_float, write_video
+from cosmos_models.nets import registry
+from cosmos_models.nets.config import DiTConfig
+from cosmos_models.nets.text import prepare_embeddings
+from cosmos_models.nets.vae import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, latent_frames, pixel_frames
+from cosmos_models.data.video_io import read_image, read_image_or_video, to_float, write_video
 
 MODES = ("text2world", "image2world", "video2world", "transfer", "multiview", "action")
-VARIANT_MODES = {"predict": ("text2world", "image2world", "video2world"), "transfer": ("transfer",),
-                 "multiview": ("multiview",), "action": ("action",)}
 CHUNK_CONDITIONING = ("pixel", "latent")
 SOLVERS = tuple(solvers.SOLVERS)
+
+
+def variant_modes(cfg: DiTConfig) -> tuple[str, ...]:
+    """The modes a config's variant samples (its class's `sampler_modes`, cosmos_models.nets.registry)."""
+    return registry.model_class(cfg).sampler_modes
 CONDITION_SIGMA = 1e-4        # timestep of the conditioning frames in the public pipeline (σ units)
 DEFAULT_SEED = 1              # the official CLI's default
 DEFAULT_VIDEO_CONDITION_FRAMES = 2
@@ -159,7 +162,7 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 def load_tensor(path: str | os.PathLike, key: str = "embedding") -> Tensor:
     """One tensor from a .pt / .safetensors / .npy file (the one named `key` if there are several)."""
-    from cosmos_models.data import ClipError, load_sidecar
+    from cosmos_models.data.clips import ClipError, load_sidecar
 
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -241,7 +244,7 @@ def _mask_video(mask, frames: int, height: int, width: int, name: str) -> Tensor
 # ----------------------------------------------------------------------------- the sampler
 class Sampler:
     """A DiT + VAE sampling pipeline. `model`: a network from `cosmos_models.build` (any variant);
-    `vae`: a `cosmos_models.vae.WanVAE` (needed for image/video inputs, control videos and pixel
+    `vae`: a `cosmos_models.nets.vae.WanVAE` (needed for image/video inputs, control videos and pixel
     outputs; without one, `output="latent"` text2world still runs). The model itself is moved to
     `device` in `dtype` (bf16 is the usual choice on a GPU) and put in eval mode; the ODE state stays
     fp32."""
@@ -265,7 +268,7 @@ class Sampler:
     # -- VAE ------------------------------------------------------------------------------------
     def _need_vae(self, why: str) -> nn.Module:
         if self.vae is None:
-            raise ValueError(f"this Sampler has no VAE, which {why} needs; pass vae= (cosmos_models.vae.WanVAE)")
+            raise ValueError(f"this Sampler has no VAE, which {why} needs; pass vae= (cosmos_models.nets.vae.WanVAE)")
         return self.vae
 
     def encode(self, video: Tensor) -> Tensor:
@@ -392,9 +395,9 @@ class Sampler:
         cfg = self.config
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not supported; expected one of {MODES}")
-        if mode not in VARIANT_MODES[cfg.variant]:
-            raise ValueError(f"mode={mode!r} does not fit model {cfg.name} (a {cfg.variant} model); it runs "
-                             f"{VARIANT_MODES[cfg.variant]}")
+        modes = variant_modes(cfg)
+        if mode not in modes:
+            raise ValueError(f"mode={mode!r} does not fit model {cfg.name} (a {cfg.variant} model); it runs {modes}")
         if chunk_conditioning not in CHUNK_CONDITIONING:
             raise ValueError(f"chunk_conditioning={chunk_conditioning!r} is not supported; expected one of "
                              f"{CHUNK_CONDITIONING}")
@@ -549,7 +552,7 @@ class Sampler:
     def _transfer_inputs(self, source: Tensor, control, control_videos, edge_preset, blur_preset, scale, chaining,
                          resize: bool):
         """Per-chunk control inputs: {"control_input": {modality: latents}, "control_weights": ...}."""
-        from cosmos_models.control import ALIASES, control_inputs, latent_weight_map
+        from cosmos_models.sampling.control import ALIASES, control_inputs, latent_weight_map
 
         cfg = self.config
         _, total, height, width = source.shape
@@ -734,19 +737,5 @@ def _progress_bar(enabled: bool, total: int, desc: str):
     return progress_bar(total=total, desc=desc, enabled=enabled, leave=False)
 
 
-# ----------------------------------------------------------------------------- the `cosmos sample` command
-def add_arguments(parser) -> None:
-    from cosmos_models.sampler_cli import add_arguments as add
-
-    add(parser)
-
-
-def run(args) -> int:
-    from cosmos_models.sampler_cli import run as run_cli
-
-    return run_cli(args)
-
-
 __all__ = ["Sampler", "SamplerWarning", "ChunkRecord", "Span", "MODES", "CONDITION_SIGMA",
-           "pixel_chunk_plan", "latent_chunk_plan", "round_up_to_vae_frames", "fit_frames", "load_tensor",
-           "add_arguments", "run"]
+           "pixel_chunk_plan", "latent_chunk_plan", "round_up_to_vae_frames", "fit_frames", "load_tensor"]

@@ -1,5 +1,5 @@
-"""The training recipe's optimizer, shared by `cosmos train` (cosmos_models.train) and the measured
-training step of `cosmos mfu` / `cosmos bench train-step` (cosmos_models.mfu), so both run the same
+"""The training recipe's optimizer, shared by `cosmos train` (cosmos_models.training.trainer) and the measured
+training step of `cosmos mfu` / `cosmos bench train-step` (cosmos_models.perf.mfu), so both run the same
 update: AdamW β = (0.9, 0.999), ε = 1e-8, then gradient clipping at 0.1 (the official values)."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Training checkpoints: torch.distributed.checkpoint (DCP) directories written atomically.
 
-(Model weight files for the sampler, official/diffusers names, are cosmos_models/checkpoint.py;
+(Model weight files for the sampler, official/diffusers names, are cosmos_models/nets/checkpoint.py;
 this module holds the trainer's resumable state.)
 
 Layout under the run's checkpoint folder:

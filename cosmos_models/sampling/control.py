@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from cosmos_models._deps import require
-from cosmos_models.config import CONTROL_MODALITIES
-from cosmos_models.video_io import to_float, to_uint8
+from cosmos_models.nets.config import CONTROL_MODALITIES
+from cosmos_models.data.video_io import to_float, to_uint8
 
 PRESETS = ("none", "very_low", "low", "medium", "high", "very_high")
 EDGE_THRESHOLDS = {  # Canny (low, high)

@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from cosmos_models.config import DiTConfig
-from cosmos_models.dit import Block, DiT, Frames, PatchEmbed, _cp_split
+from cosmos_models.nets.config import DiTConfig
+from cosmos_models.nets.dit import Block, DiT, Frames, PatchEmbed, _cp_split
 
 
 class ControlBlock(Block):
@@ -43,9 +43,40 @@ class ControlBlock(Block):
                 nn.init.zeros_(getattr(self, name).weight)
                 nn.init.zeros_(getattr(self, name).bias)
 
+    def forward(self, c: Tensor, x: Tensor, emb: Tensor, context: Tensor, freqs: Tensor, adaln_lora: Tensor,
+                frames: Frames, image_context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(the branch's next state, this block's hint for the main stream). The projections run
+        inside the block's forward, so FSDP2 (which shards per block) has their weights gathered."""
+        if hasattr(self, "before_proj"):
+            c = self.before_proj(c) + x
+        c = super().forward(c, emb, context, freqs, adaln_lora, frames, image_context)
+        return c, self.after_proj(c)
+
 
 class TransferDiT(DiT):
     variant_inputs = ("control_input", "control_weights", "control_context_scale")
+    sampler_modes = ("transfer",)
+
+    @classmethod
+    def example_inputs(cls, cfg, batch, latent_shape, generator, device=None, dtype=torch.float32) -> dict:
+        """One control modality (one control-branch pass)."""
+        latent = torch.randn(batch, cfg.latent_channels, *latent_shape, generator=generator, dtype=dtype)
+        return {"control_input": {cfg.control_modalities[0]: latent.to(device)}}
+
+    @staticmethod
+    def count_variant_flops(shape, tally, block, control_passes: int) -> None:
+        """The control branch, once per modality pass (its blocks are dense)."""
+        cfg = shape.cfg
+        D = cfg.model_channels
+        patch = cfg.patch_spatial * cfg.patch_spatial * cfg.patch_temporal
+        for _ in range(control_passes):
+            tally.linear("control_branch", shape.batch * shape.tokens, cfg.control_in_channels * patch, D,
+                         input_grad=False)
+            for j in range(len(cfg.control_block_indices)):
+                if j == 0:
+                    tally.linear("control_branch", shape.local_rows, D, D)  # before_proj
+                block(None, "control_branch")
+                tally.linear("control_branch", shape.local_rows, D, D)      # after_proj
 
     def _build_variant(self) -> None:
         cfg = self.config
@@ -157,11 +188,9 @@ class TransferDiT(DiT):
         if self.cp_group is not None:
             c = _cp_split(c, frames, self.cp_group, 1)
         hints = []
-        for j, block in enumerate(self.control_blocks):
-            if j == 0:
-                c = block.before_proj(c) + x
-            c = block(c, emb, context, freqs, lora, frames, image_context)
-            hints.append(block.after_proj(c))
+        for block in self.control_blocks:
+            c, hint = block(c, x, emb, context, freqs, lora, frames, image_context)
+            hints.append(hint)
         return hints
 
 

@@ -1,4 +1,4 @@
-"""What the trainer feeds on: loaders over a clip folder (cosmos_models/data.py), the VAE that encodes
+"""What the trainer feeds on: loaders over a clip folder (cosmos_models/data/clips.py), the VAE that encodes
 clips without cached latents, the synthetic clip set of the tiny configs, and latent caching.
 
 The tiny configs train without --data: `prepare_synthetic` writes moving-shape mp4s with random text
@@ -14,9 +14,9 @@ import os
 import torch
 import torch.distributed as dist
 
-from cosmos_models import data as D
-from cosmos_models.config import DiTConfig
-from cosmos_models.vae import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION
+from cosmos_models.data import clips as D
+from cosmos_models.nets.config import DiTConfig
+from cosmos_models.nets.vae import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION
 
 SYNTHETIC_MARKER = ".synthetic_complete"
 SYNTHETIC_SEED = 0
@@ -26,7 +26,7 @@ RANDOM_VAE_SEED = 0  # the seed `cosmos sample` uses for its random VAE
 def build_vae(spec: str | None, config: DiTConfig, device: torch.device, dtype: torch.dtype):
     """spec: a diffusers AutoencoderKLWan folder, "tiny" / "wan2.1" (random weights, seed 0), or
     None (the tiny random VAE for tiny configs, else an error naming --vae)."""
-    from cosmos_models.vae import WanVAE
+    from cosmos_models.nets.vae import WanVAE
 
     if spec is None:
         if not config.name.startswith("tiny"):
@@ -100,21 +100,55 @@ def prepare_synthetic(root: str, config: DiTConfig, *, num_frames: int, size: tu
         dist.barrier()
 
 
-def build_loader(cfg, config: DiTConfig, *, size: tuple[int, int], num_frames: int, image_batch: int, dp_rank: int,
-                 dp_size: int, data_root: str):
+def build_loader(config: DiTConfig, *, data_root: str, size: tuple[int, int], num_frames: int, batch: int,
+                 seed: int, num_workers: int, dp_rank: int, dp_size: int, image_prob: float = 0.0,
+                 image_data: str | None = None, image_batch: int | None = None):
     """The batch source: a ClipLoader over data_root, or a JointLoader of it and an image loader
-    (cfg.image_prob > 0; images from cfg.image_data, or the first frames of data_root's videos).
+    (image_prob > 0; images from image_data, or the first frames of data_root's videos).
     Both are sharded over the data-parallel ranks: the ranks of a context-parallel group share batches."""
-    common = dict(fps=config.fps, resolution=size, text_len=config.text_len, seed=cfg.seed)
+    common = dict(fps=config.fps, resolution=size, text_len=config.text_len, seed=seed)
     videos = D.ClipDataset(data_root, num_frames=num_frames, use_latents=True, **common)
-    video_loader = D.ClipLoader(videos, cfg.batch, rank=dp_rank, world_size=dp_size, seed=cfg.seed,
-                                num_workers=cfg.num_workers)
-    if cfg.image_prob <= 0:
+    video_loader = D.ClipLoader(videos, batch, rank=dp_rank, world_size=dp_size, seed=seed, num_workers=num_workers)
+    if image_prob <= 0:
         return video_loader
-    if cfg.image_data is not None:
-        images = D.image_dataset(cfg.image_data, source="images", use_latents=False, **common)
+    if image_data is not None:
+        images = D.image_dataset(image_data, source="images", use_latents=False, **common)
     else:
         images = D.image_dataset(data_root, source="videos", use_latents=False, **common)
-    image_loader = D.ClipLoader(images, image_batch, rank=dp_rank, world_size=dp_size, seed=cfg.seed,
-                                num_workers=cfg.num_workers)
-    return D.JointLoader(video_loader, image_loader, image_prob=cfg.image_prob, seed=cfg.seed)
+    image_loader = D.ClipLoader(images, image_batch or batch, rank=dp_rank, world_size=dp_size, seed=seed,
+                                num_workers=num_workers)
+    return D.JointLoader(video_loader, image_loader, image_prob=image_prob, seed=seed)
+
+
+class RandomLatents:
+    """A batch source of random cached-latent batches of one shape, for measuring a training step
+    without data on disk (cosmos_models.perf.mfu): latents (B, 16, T, h, w), text (B, text_len,
+    text_channels) and the variant's own inputs (`example_inputs` of its class), each batch drawn from
+    a generator seeded by (seed, position), so `state_dict` / `load_state_dict` resume like a ClipLoader."""
+
+    def __init__(self, config: DiTConfig, *, batch: int, latent_shape: tuple[int, int, int], text_len: int | None = None,
+                 seed: int = 0):
+        from cosmos_models.nets.registry import model_class
+
+        self.config, self.batch, self.latent_shape, self.seed = config, batch, tuple(latent_shape), seed
+        self.text_len = config.text_len if text_len is None else text_len
+        self.position = 0
+        self._cls = model_class(config)
+
+    def __iter__(self):
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.position)
+            cfg, B = self.config, self.batch
+            views = self._cls.flop_views(cfg, self.latent_shape)  # multiview: one prompt per view
+            batch = {"latent": torch.randn(B, cfg.latent_channels, *self.latent_shape, generator=g),
+                     "text": torch.randn(B, self.text_len * views, cfg.text_channels, generator=g),
+                     "is_image": self.latent_shape[0] == 1, "index": torch.arange(B)}
+            batch.update(self._cls.example_inputs(cfg, B, self.latent_shape, g))
+            self.position += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = int(state["position"])

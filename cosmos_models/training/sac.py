@@ -165,7 +165,7 @@ def apply(model: nn.Module, policy: str) -> int:
     saved = check_policy(policy)
     if saved is None:
         return 0
-    from cosmos_models.dit import Block
+    from cosmos_models.nets.dit import Block
 
     count = 0
     for module in model.modules():

@@ -3,7 +3,7 @@
 Parameter names and shapes match the public checkpoints (`x_embedder.proj.1.weight`,
 `blocks.N.self_attn.q_proj.weight`, ...), so `cosmos_models.load_checkpoint` loads them strictly.
 Compute goes through the kernels, each picking its backend by dispatch (reference on CPU,
-Triton/CUDA on GPU) or `kernel_backend` for the whole model:
+Triton/CUDA on GPU; `cosmos_kernels.use_backend` overrides it, for the whole model or per op):
 
     block:  h = adaln_modulate(x)                       LN(x)*(1+scale)+shift, per latent frame
             x, h = gated_residual_adaln(x, attn(h))      x += gate*y; next sublayer's h, one pass
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import cosmos_kernels as ck
-from cosmos_models.config import DiTConfig, SparseWindow, get_config
+from cosmos_models.nets.config import DiTConfig, SparseWindow, get_config
 
 EPS = 1e-6
 
@@ -151,8 +151,7 @@ class Attention(nn.Module):
         return t.unflatten(-1, (self.heads, self.head_dim))
 
     def forward(self, x: Tensor, context: Tensor | None = None, freqs: Tensor | None = None, *,
-                attend=None, image_context: Tensor | None = None, views: int = 1,
-                backend: str | None = None) -> Tensor:
+                attend=None, image_context: Tensor | None = None, views: int = 1) -> Tensor:
         """x (B, S, D); context (B, M, Dc) (None: self-attention); freqs (S, head_dim) RoPE angles.
 
         `attend(q, k, v)` runs the self-attention kernel; cross-attention uses flash_attention.
@@ -163,11 +162,11 @@ class Attention(nn.Module):
         source = x if context is None else context
         q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(source)), self._heads(self.v_proj(source))
         q, k = ck.qk_norm_rope(q, k, self.q_norm.weight, self.k_norm.weight, freqs if self.is_selfattn else None,
-                               eps=self.q_norm.eps, backend=backend)
+                               eps=self.q_norm.eps)
         if self.is_selfattn:
             out = attend(q, k, v)
         else:
-            out = _per_view(lambda a, b, c: ck.flash_attention(a, b, c, backend=backend), q, k, v, views)
+            out = _per_view(ck.flash_attention, q, k, v, views)
             if self.image_context:
                 if image_context is None:
                     raise ValueError("cross-attention: this model takes an image context (image_context_dim is set) "
@@ -175,8 +174,8 @@ class Attention(nn.Module):
                 qi, ki = self._heads(self.q_img(x)), self._heads(self.k_img(image_context))
                 vi = self._heads(self.v_img(image_context))
                 qi, ki = ck.qk_norm_rope(qi, ki, self.q_img_norm.weight, self.k_img_norm.weight, None,
-                                         eps=self.q_img_norm.eps, backend=backend)
-                out = out + ck.flash_attention(qi, ki, vi, backend=backend)
+                                         eps=self.q_img_norm.eps)
+                out = out + ck.flash_attention(qi, ki, vi)
         return self.output_proj(out.flatten(-2))
 
 
@@ -236,7 +235,6 @@ class Block(nn.Module):
         super().__init__()
         D, heads = cfg.model_channels, cfg.num_heads
         self.window = window
-        self.kernel_backend: str | None = None
         self.cp_group = None
         self.self_attn = Attention(D, None, heads, cfg.head_dim)
         self.cross_attn = Attention(D, cfg.crossattn_emb_channels, heads, cfg.head_dim,
@@ -255,15 +253,14 @@ class Block(nn.Module):
 
     # -- self-attention kernel of this block ---------------------------------------------------
     def _dense_or_sparse(self, grid: tuple[int, int, int]):
-        backend = self.kernel_backend
         w = self.window
         if w is not None and grid[0] > 1:  # images (T = 1) fall back to dense, as in the official code
             kernel = tuple(g if k == -1 else min(k, g) for k, g in zip(w.kernel_size, grid))
             if kernel != tuple(grid) or any(d != 1 for d in w.dilation) or any(w.is_causal):
                 return lambda q, k, v: ck.neighborhood_attention_3d(
                     q, k, v, grid=grid, kernel_size=kernel, dilation=w.dilation, stride=w.stride,
-                    is_causal=w.is_causal, backend=backend)
-        return lambda q, k, v: ck.flash_attention(q, k, v, backend=backend)
+                    is_causal=w.is_causal)
+        return ck.flash_attention
 
     def _attend(self, frames: Frames):
         fn = self._dense_or_sparse(frames.grid)
@@ -273,23 +270,22 @@ class Block(nn.Module):
             # Ulysses gathers the per-view frame shards rank-major, which dense attention does not
             # mind (same permutation of queries and keys) but a neighborhood window on the grid does
             raise ValueError("context parallel with neighborhood attention is supported for one view only")
-        return ck.UlyssesAttention(fn, self.cp_group, backend=self.kernel_backend)
+        return ck.UlyssesAttention(fn, self.cp_group)
 
     def forward(self, x: Tensor, emb: Tensor, context: Tensor, freqs: Tensor, adaln_lora: Tensor,
                 frames: Frames, image_context: Tensor | None = None) -> Tensor:
         """x (B, L, D) tokens; emb (B, T, D) and adaln_lora (B, T, 3D) per frame (T may be 1)."""
-        b = self.kernel_backend
         dt = x.dtype
         sa, ca, ml = (_run_modulation(m, emb, adaln_lora).to(dt).chunk(3, dim=-1) for m in (
             self.adaln_modulation_self_attn, self.adaln_modulation_cross_attn, self.adaln_modulation_mlp))
         (shift_sa, scale_sa, gate_sa), (shift_ca, scale_ca, gate_ca), (shift_ml, scale_ml, gate_ml) = sa, ca, ml
 
-        h = ck.adaln_modulate(x, shift_sa, scale_sa, EPS, backend=b)
-        y = self.self_attn(h, freqs=freqs, attend=self._attend(frames), backend=b)
-        x, h = ck.gated_residual_adaln(x, y, gate_sa, shift_ca, scale_ca, EPS, backend=b)
-        y = self.cross_attn(h, context, image_context=image_context, views=frames.views, backend=b)
-        x, h = ck.gated_residual_adaln(x, y, gate_ca, shift_ml, scale_ml, EPS, backend=b)
-        return ck.gated_residual(x, self.mlp(h), gate_ml, backend=b)
+        h = ck.adaln_modulate(x, shift_sa, scale_sa, EPS)
+        y = self.self_attn(h, freqs=freqs, attend=self._attend(frames))
+        x, h = ck.gated_residual_adaln(x, y, gate_sa, shift_ca, scale_ca, EPS)
+        y = self.cross_attn(h, context, image_context=image_context, views=frames.views)
+        x, h = ck.gated_residual_adaln(x, y, gate_ca, shift_ml, scale_ml, EPS)
+        return ck.gated_residual(x, self.mlp(h), gate_ml)
 
 
 class FinalLayer(nn.Module):
@@ -299,7 +295,6 @@ class FinalLayer(nn.Module):
         out = cfg.patch_spatial * cfg.patch_spatial * cfg.patch_temporal * cfg.latent_channels
         self.linear = nn.Linear(D, out, bias=False)
         self.adaln_modulation = _modulation(D, cfg.adaln_lora_dim, 2)
-        self.kernel_backend: str | None = None
 
     def reset_parameters(self) -> None:
         _trunc_normal(self.linear.weight, self.linear.in_features)
@@ -308,7 +303,7 @@ class FinalLayer(nn.Module):
     def forward(self, x: Tensor, emb: Tensor, adaln_lora: Tensor) -> Tensor:
         D = x.shape[-1]
         shift, scale = _run_modulation(self.adaln_modulation, emb, adaln_lora[..., : 2 * D]).to(x.dtype).chunk(2, -1)
-        return self.linear(ck.adaln_modulate(x, shift, scale, EPS, backend=self.kernel_backend))
+        return self.linear(ck.adaln_modulate(x, shift, scale, EPS))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,10 +316,32 @@ class DiT(nn.Module):
     `_time_embedding`, `_rope` and `_run_blocks`.
     """
 
+    # -- what the rest of the library asks a variant (cosmos_models/nets/registry.py) --------------
     # keyword inputs of forward that only a variant takes (checked, so a typo never passes silently)
     variant_inputs: tuple[str, ...] = ()
+    # the Sampler modes it runs
+    sampler_modes: tuple[str, ...] = ("text2world", "image2world", "video2world")
+    # whether the patch embedding's input needs a gradient (the FLOP count; data needs none)
+    embed_input_grad = False
 
-    def __init__(self, config: DiTConfig | str, *, kernel_backend: str | None = None, cp_group=None):
+    @classmethod
+    def example_inputs(cls, cfg: DiTConfig, batch: int, latent_shape: tuple[int, int, int],
+                       generator: torch.Generator, device=None, dtype: torch.dtype = torch.float32) -> dict:
+        """Random variant inputs for a forward on latents (batch, C, T, H, W), latent_shape = (T, H, W)."""
+        return {}
+
+    @classmethod
+    def flop_views(cls, cfg: DiTConfig, grid: tuple[int, int, int]) -> int:
+        """Prompts per sample (the context is views x text_len tokens) on a token grid (T, H, W)."""
+        return 1
+
+    @staticmethod
+    def count_variant_flops(shape, tally, block, control_passes: int) -> None:
+        """Add the FLOPs of the variant's own layers (cosmos_models.nets.flops): `shape` has the sizes,
+        `tally.linear(part, rows, fan_in, fan_out, input_grad=)` counts a matmul, `block(window, part)`
+        a whole DiT block under `part`. The base DiT has none."""
+
+    def __init__(self, config: DiTConfig | str, *, cp_group=None):
         super().__init__()
         cfg = self.config = get_config(config)
         D = cfg.model_channels
@@ -340,9 +357,7 @@ class DiT(nn.Module):
             self.img_context_proj = nn.Sequential(nn.Linear(cfg.image_context_dim, D, bias=True), nn.GELU())
         self._build_variant()
         self.reset_parameters()
-        self.kernel_backend = None
         self.cp_group = None
-        self.set_kernel_backend(kernel_backend)
         self.set_context_parallel_group(cp_group)
 
     def _build_variant(self) -> None:
@@ -360,15 +375,6 @@ class DiT(nn.Module):
                 getattr(self, name)[0].reset_parameters()
 
     # -- switches --------------------------------------------------------------------------------
-    def set_kernel_backend(self, backend: str | None) -> None:
-        """Run every kernel of the model on `backend` ("triton" | "cuda" | "torch"), None: dispatch default."""
-        if backend is not None and backend not in ck.BACKENDS:
-            raise ValueError(f"kernel_backend={backend!r}: unknown backend; expected None or one of {ck.BACKENDS}")
-        self.kernel_backend = backend
-        for m in self.modules():
-            if isinstance(m, (Block, FinalLayer)):
-                m.kernel_backend = backend
-
     def set_context_parallel_group(self, group) -> None:
         """Context parallel (Ulysses): each rank of `group` keeps T/size latent frames of the sequence
         (per view), self-attention runs through UlyssesAttention (heads must divide by the size),

@@ -1,4 +1,4 @@
-"""`cosmos sample`: generate a video with `cosmos_models.sampler.Sampler` and write it as an mp4.
+"""`cosmos sample`: generate a video with `cosmos_models.sampling.sampler.Sampler` and write it as an mp4.
 
     cosmos sample --config tiny --checkpoint runs/tiny/ema.safetensors --out runs/tiny/sample.mp4
     cosmos sample --mode video2world --config predict2.5-2b --checkpoint ckpt.safetensors --vae wan_vae/ \\
@@ -19,8 +19,12 @@ import warnings
 
 import torch
 
-from cosmos_models.sampler import CHUNK_CONDITIONING, CONDITION_SIGMA, DEFAULT_SEED, MODES, SOLVERS, \
-    VARIANT_MODES, Sampler, SamplerWarning, load_tensor, loud_warning
+from cosmos_kernels import use_backend
+from cosmos_models.cli.run_flags import add_kernel_backend
+from cosmos_models.nets.checkpoint import config_from_checkpoint
+from cosmos_models.sampling.sampler import CHUNK_CONDITIONING, CONDITION_SIGMA, DEFAULT_SEED, MODES, SOLVERS, \
+    Sampler, SamplerWarning, load_tensor, loud_warning, \
+    variant_modes
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -80,18 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=float, default=None, help="mp4 frame rate (default: the config's)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--dtype", choices=DTYPES, default=None, help="model dtype (default: bf16 on GPU, fp32 on CPU)")
+    add_kernel_backend(parser)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--out", required=True, help="output .mp4 (multiview: <stem>_view<i>.mp4 per view)")
-
-
-def config_from_checkpoint(path: str) -> str | None:
-    """The config name `save_checkpoint` records in a safetensors file's metadata, if any."""
-    if not (os.path.isfile(path) and path.endswith(".safetensors")):
-        return None
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as f:
-        return (f.metadata() or {}).get("config")
 
 
 def _pairs(items, what: str) -> dict[str, str]:
@@ -144,7 +139,7 @@ def _build_model(args, device, dtype):
 
 
 def _build_vae(args, cfg, device):
-    from cosmos_models.vae import WanVAE
+    from cosmos_models.nets.vae import WanVAE
 
     if args.vae is not None:
         return WanVAE.from_pretrained(args.vae).to(device), args.vae
@@ -163,7 +158,8 @@ def run(args) -> int:
         warnings.simplefilter("always", SamplerWarning)
         warnings.showwarning = lambda message, *rest, **kw: print(message, file=sys.stderr)
         try:
-            return _run(args)
+            with use_backend(args.kernel_backend):
+                return _run(args)
         except (ValueError, TypeError, FileNotFoundError) as exc:
             print(f"cosmos sample: error: {exc}", file=sys.stderr)
             return 2
@@ -177,7 +173,7 @@ def _steps_text(args, cfg) -> str:
 
 def _check_args(args) -> None:
     """Argument errors before any model is built (a 2B network takes a while)."""
-    from cosmos_models.solvers import check_guidance
+    from cosmos_models.sampling.solvers import check_guidance
 
     if args.guidance is not None:
         check_guidance(args.guidance)
@@ -203,12 +199,12 @@ def _run(args) -> int:
     mode = args.mode
     if mode is None:
         if cfg.variant != "predict":
-            mode = VARIANT_MODES[cfg.variant][0]
+            mode = variant_modes(cfg)[0]
         else:
             mode = "video2world" if args.video else "image2world" if args.image else "text2world"
     vae, vae_source = _build_vae(args, cfg, device)
     if args.student is not None:
-        from cosmos_models.distill import StudentSampler
+        from cosmos_models.distill.rcm import StudentSampler
         sampler = StudentSampler(model, vae, device=device, dtype=dtype)
     else:
         sampler = Sampler(model, vae, device=device, dtype=dtype)

@@ -1,0 +1,10 @@
+"""Sampling: from noise (and conditioning) to a video.
+
+    solvers.py      σ grids (the official shifted grid), UniPC and Euler, guidance and conditioning helpers
+    sampler.py      Sampler: Text2World, Image2World, Video2World, Transfer, multiview, action, long
+                    videos in chunks, VAE decode, mp4 out
+    control.py      Transfer2.5 control inputs (edge, blur computed; depth, seg given) and weight maps
+
+May import: cosmos_kernels, cosmos_models._deps, nets/, data/. Nothing from training/, distill/,
+perf/, cli/ or bench/.
+"""

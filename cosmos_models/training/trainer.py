@@ -1,0 +1,380 @@
+"""Flow-matching training of the Cosmos DiT: the `Trainer` behind `cosmos train` (cosmos_models.cli.train).
+
+    cosmos train --config tiny --out runs/tiny --steps 20            # CPU, synthetic clips, < 1 min
+    torchrun --nproc_per_node 8 -m cosmos_models.cli train --config predict2.5-2b --data clips/ \\
+        --vae wan_vae/ --init official.pt --resolution 720p --cp 2 --sac predict2_2b_720_aggressive \\
+        --out runs/2b --resume
+
+One step: a batch of clips (cached latents, or videos encoded by the VAE) -> per sample a timestep,
+conditioning frames and noise (cosmos_models/training/objective.py) -> DiT -> flow-matching loss -> backward ->
+gradient clipping -> AdamW -> EMA. The recipe (DESIGN.md "Training"): AdamW β=(0.9, 0.999), weight
+decay 1e-3, lr of the config (2^-14.5 for the 2B), linear warm-up (the config's 2000 steps, at most
+a fifth of --steps so short runs train) then linear decay to --final-lr-ratio at --steps, gradient
+clipping at 0.1 (official), text dropout 0.2 (zeroed embedding, for classifier-free guidance),
+power EMA σ_rel 0.1 (official PowerEMATracker; cosmos_models/training/ema.py).
+
+Data: --data is a clip folder (cosmos_models/data/clips.py); clips without cached latents are encoded
+online by --vae. The tiny configs default to 64x64, 9-frame clips and may omit --data: they train on
+generated moving-shape clips whose latents are cached once through the tiny random WAN VAE, the VAE
+`cosmos sample` builds for tiny configs (cosmos_models/data/prepare.py).
+
+Parallelism (cosmos_models/training/parallel.py): FSDP2 per block then the root (hybrid sharding with
+--hsdp-replicate), bf16 compute copies of fp32 weights with fp32 gradient reduction on GPU (fp32 on
+CPU; --precision), Ulysses context parallelism over --cp ranks for video batches, selective
+activation checkpointing per block (--sac, cosmos_models/training/sac.py).
+
+Batches. --batch is the video batch of one data-parallel group (the cp ranks of a group share it).
+Joint image/video training (--image-prob p > 0; images from --image-data or the first frames of the
+videos) alternates whole image batches (1 latent frame) with video batches, the same on every rank.
+Image batches run with context parallelism off (`ulysses.disabled()`, the DiT's cp group unset);
+the --image-batch images of a group are split over its cp ranks (data parallel inside the group),
+so no rank repeats another's work. Losses are means over a group's batch, averaged over groups.
+
+Randomness is counter-based: sample i of step s draws its timestep, conditioning frames, noise and
+text dropout from a generator seeded by (seed, s, global index of the sample in the step), so a
+run is reproducible bit for bit, independent of how many processes share the global batch (up to
+floating-point reduction order), and a resumed run needs no generator state to continue exactly.
+
+The run itself (process layout, run folder, data, loop, logs, checkpoints, resume) is the runner
+shared with distillation (cosmos_models/training/runner.py); this module is what one training step is.
+
+Checkpoints (cosmos_models/training/checkpointing.py): every --save-every steps and at the end,
+<out>/checkpoints/step_XXXXXX (DCP: model, optimizer, EMA, LR schedule, step, per-rank data-loader
+position and RNG states, the run's config), written atomically; --resume continues from the newest.
+The EMA weights are also exported to <out>/ema.safetensors (cosmos_models.save_checkpoint names) for
+`cosmos sample --checkpoint <out>/ema.safetensors`.
+
+Logs: every --log-every steps a line on stdout and a JSON record in <out>/train_log.jsonl (step,
+loss, lr, grad norm, step time, tokens/s; on a GPU in bf16 also MFU: cosmos_models.nets.flops useful FLOPs
+per second over the H100 SXM bf16 dense peak, as cosmos_models.perf.mfu); a tqdm bar on a terminal.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+import cosmos_models as cm
+from cosmos_kernels import ulysses
+from cosmos_models.data import prepare
+from cosmos_models.nets import flops
+from cosmos_models.training import objective as flow
+from cosmos_models.training import optim, parallel, sac
+from cosmos_models.training.ema import EMA
+from cosmos_models.training.runner import PRECISIONS, Run, RunConfig, RunShape, positive_int, rows_of
+
+__all__ = ["TrainConfig", "Trainer", "PRECISIONS", "CONDITIONS", "TIMESTEP_RECIPES", "lr_factor",
+           "shift_for_resolution", "resolve"]
+
+CONDITIONS = ("final", "early", "none")
+TIMESTEP_RECIPES = ("official", "paper")
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """Everything a training run depends on: the shared run settings (RunConfig) and the recipe's.
+    None = a default derived from the model config (see the `cosmos train --help` texts)."""
+
+    config: str = "tiny"
+    out: str = "runs/tiny"
+    image_data: str | None = None
+    image_prob: float = 0.0
+    image_batch: int | None = None
+    lr: float | None = None
+    warmup: int | None = None
+    final_lr_ratio: float = 0.0
+    weight_decay: float | None = None
+    grad_clip: float = optim.GRAD_CLIP
+    ema_sigma_rel: float | None = 0.1
+    ema_decay: float | None = None
+    init: str | None = None
+    text_dropout: float = 0.2
+    condition: str = "final"
+    timesteps: str = "official"
+    shift: float | None = None
+    overfit_batch: bool = False
+
+
+def shift_for_resolution(size: tuple[int, int]) -> float:
+    """The paper's timestep shift β: 1 at 256p (320x192) up to 5 at 720p (1280x704), linear in the
+    pixel count between them (480p gets ~2.7), clamped outside."""
+    low, high = 192 * 320, 704 * 1280
+    frac = (size[0] * size[1] - low) / (high - low)
+    return 1.0 + 4.0 * min(1.0, max(0.0, frac))
+
+
+@dataclass(frozen=True)
+class Resolved(RunShape):
+    """TrainConfig with the defaults filled from the model config, validated."""
+
+    lr: float = 0.0
+    warmup: int = 0
+    weight_decay: float = 0.0
+    image_batch: int = 1
+
+
+def resolve(cfg: TrainConfig, device_type: str, *, needs_data: bool = True) -> Resolved:
+    from cosmos_models.training.runner import resolve_run
+
+    shape = resolve_run(cfg, device_type, needs_data=needs_data)
+    model_cfg = shape.model
+    if not 0.0 <= cfg.image_prob <= 1.0:
+        raise ValueError(f"--image-prob must be in [0, 1], got {cfg.image_prob}")
+    image_batch = cfg.image_batch if cfg.image_batch is not None else cfg.batch * cfg.cp
+    positive_int("image_batch", image_batch)
+    if not 0.0 <= cfg.text_dropout < 1.0:
+        raise ValueError(f"--text-dropout must be in [0, 1), got {cfg.text_dropout}")
+    if cfg.condition not in CONDITIONS:
+        raise ValueError(f"--condition {cfg.condition!r}: expected one of {CONDITIONS}")
+    if cfg.timesteps not in TIMESTEP_RECIPES:
+        raise ValueError(f"--timesteps {cfg.timesteps!r}: expected one of {TIMESTEP_RECIPES}")
+    if not (cfg.grad_clip >= 0 and math.isfinite(cfg.grad_clip)):
+        raise ValueError(f"--grad-clip must be >= 0 (0: no clipping), got {cfg.grad_clip}")
+    lr = model_cfg.lr if cfg.lr is None else cfg.lr
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"--lr must be > 0, got {lr}")
+    warmup = min(model_cfg.warmup_steps, max(1, cfg.steps // 5)) if cfg.warmup is None else cfg.warmup
+    positive_int("warmup", warmup, 0)
+    if not 0.0 <= cfg.final_lr_ratio <= 1.0:
+        raise ValueError(f"--final-lr-ratio must be in [0, 1], got {cfg.final_lr_ratio}")
+    weight_decay = model_cfg.weight_decay if cfg.weight_decay is None else cfg.weight_decay
+    return Resolved(**{f.name: getattr(shape, f.name) for f in dataclasses.fields(RunShape)}, lr=lr, warmup=warmup,
+                    weight_decay=weight_decay, image_batch=image_batch)
+
+
+def lr_factor(step: int, warmup: int, total: int, final_ratio: float) -> float:
+    """Linear warm-up over `warmup` steps, then linear decay to final_ratio at `total` (step 0-based)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if total <= warmup:
+        return 1.0
+    frac = min(1.0, (step - warmup) / (total - warmup))
+    return 1.0 - (1.0 - final_ratio) * frac
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """The peak MFU is measured against (the project's convention: H100 SXM bf16 dense, on any GPU;
+    logged with every MFU). None on CPU or in fp32: no meaningful MFU."""
+    if device.type != "cuda" or precision != "bf16":
+        return None
+    return flops.H100_SXM_BF16_DENSE
+
+
+class Trainer(Run):
+    """A training run. `Trainer(cfg).train()` runs cfg.steps steps (resuming when cfg.resume) and
+    returns [(step, loss)] of the steps it ran; `close()` releases the process group it made.
+    `batches=` replaces the data folder by a batch source (the MFU measurement's random latents)."""
+
+    name = "train"
+
+    def resolve(self, *, needs_data: bool = True) -> Resolved:
+        self.r = resolve(self.cfg, self.layout.device.type, needs_data=needs_data)
+        return self.r
+
+    def build_loader(self, data_root: str):
+        cfg, lay, r = self.cfg, self.layout, self.r
+        return prepare.build_loader(self.model_cfg, data_root=data_root, size=r.size, num_frames=r.frames,
+                                    batch=cfg.batch, seed=cfg.seed, num_workers=cfg.num_workers, dp_rank=lay.dp_rank,
+                                    dp_size=lay.dp_size, image_prob=cfg.image_prob, image_data=cfg.image_data,
+                                    image_batch=r.image_batch)
+
+    # ------------------------------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg, lay, r = self.cfg, self.layout, self.r
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        self.model = cm.build(self.model_cfg, device=lay.device, dtype=torch.float32, cp_group=lay.cp_group)
+        if cfg.init is not None:
+            cm.load_checkpoint(self.model, cfg.init)
+        self.checkpointed_blocks = sac.apply(self.model, r.sac)
+        parallel.shard_model(self.model, lay, self.compute_dtype)
+        self.optimizer = optim.adamw(self.model, r.lr, r.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, r.warmup, cfg.steps, cfg.final_lr_ratio))
+        self.ema = EMA(self.model, sigma_rel=None if cfg.ema_decay is not None else cfg.ema_sigma_rel,
+                       decay=cfg.ema_decay)
+        cond = {"final": flow.ConditionFrames.final_stage(), "early": flow.ConditionFrames.early_stage(),
+                "none": None}[cfg.condition]
+        if cfg.timesteps == "official":
+            sampler = flow.TimestepSampler.official() if cfg.shift is None else \
+                flow.TimestepSampler(shift=cfg.shift)
+        else:
+            sampler = flow.TimestepSampler.paper(cfg.shift if cfg.shift is not None else shift_for_resolution(r.size))
+        self.flow = flow.FlowMatching(timesteps=sampler, condition=cond, timestep_scale=self.model_cfg.timestep_scale)
+        self.peak = peak_flops(lay.device, r.precision)
+        self._flops_cache: dict = {}
+        self._fixed_batch = None
+
+    # ------------------------------------------------------------------------------------------ batches
+    def next_batch(self) -> dict:
+        if self.cfg.overfit_batch and self._fixed_batch is not None:
+            return self._fixed_batch
+        batch = super().next_batch()
+        if self.cfg.overfit_batch:
+            self._fixed_batch = batch
+        return batch
+
+    def _flow_inputs(self, x0: Tensor, text: Tensor, sample_ids: list[int], step: int):
+        """Per sample, from its own counter-seeded generator: flow inputs, then text dropout."""
+        parts, keep = [], []
+        for i, sid in enumerate(sample_ids):
+            g = self.generator(step, sid)
+            parts.append(self.flow.prepare(x0[i:i + 1], g))
+            keep.append(float(torch.rand((), generator=g, dtype=torch.float64)) >= self.cfg.text_dropout)
+        inputs = flow.FlowInputs(**{f.name: torch.cat([getattr(p, f.name) for p in parts])
+                                    for f in dataclasses.fields(flow.FlowInputs)})
+        mask = torch.tensor(keep, dtype=text.dtype, device=text.device)[:, None, None]
+        return inputs, text * mask
+
+    def _variant_inputs(self, batch: dict, rows: Tensor) -> dict:
+        """The variant's own forward inputs carried by the batch (control latents, actions, views)."""
+        names = getattr(self.model, "variant_inputs", ())
+        return {k: rows_of(batch[k], rows, self.layout.device) for k in names if k in batch}
+
+    @contextlib.contextmanager
+    def _context_parallel_off(self):
+        """Image batches: the whole sequence on every rank (the DiT's cp group unset, and every
+        UlyssesAttention a plain call); kept over the backward, which recomputes checkpointed blocks."""
+        self.model.set_context_parallel_group(None)
+        try:
+            with ulysses.disabled():
+                yield
+        finally:
+            self.model.set_context_parallel_group(self.layout.cp_group)
+
+    # ------------------------------------------------------------------------------------------ one step
+    def train_step(self) -> dict:
+        cfg, lay = self.cfg, self.layout
+        step_key = 0 if cfg.overfit_batch else self.step
+        start = time.perf_counter()
+        batch = self.next_batch()
+        is_image = bool(batch["is_image"])
+        n_group = int(batch["index"].shape[0])
+        rows = torch.arange(n_group)
+        cp_on = lay.cp > 1 and not is_image
+        if lay.cp > 1 and is_image and n_group >= lay.cp:
+            rows = torch.tensor_split(rows, lay.cp)[lay.cp_rank]   # split the group's images over its cp ranks
+            mode = "split"
+        elif lay.cp > 1 and is_image:
+            mode = "redundant"                                      # fewer images than cp ranks: all take all
+        else:
+            mode = "cp" if cp_on else "plain"
+        # global index of each local sample in this step's global batch (the counter of its randomness)
+        sample_ids = [int(j) * lay.dp_size + lay.dp_rank for j in rows]
+        x0 = self.latents(batch, rows, broadcast=cp_on and "latent" not in batch)
+        text = batch["text"][rows].to(lay.device, torch.float32)
+        with self.range("flow_inputs"):
+            inputs, text = self._flow_inputs(x0, text, sample_ids, step_key)
+        extra = self._variant_inputs(batch, rows)
+        # FSDP divides the reduced gradient by the mesh size (dp x cp); see parallel.py for the scales
+        n_local = len(rows)
+        backward_scale = {"plain": 1.0, "cp": float(lay.cp), "split": lay.cp * n_local / n_group,
+                          "redundant": 1.0}[mode]
+        log_weight = {"plain": 1.0, "cp": 1.0 / lay.cp, "split": n_local / n_group, "redundant": 1.0 / lay.cp}[mode]
+        context = contextlib.nullcontext() if mode in ("plain", "cp") else self._context_parallel_off()
+        with context:
+            pred = self.model(inputs.x_t, inputs.timesteps, text, condition_video_input_mask=inputs.condition_mask,
+                              fps=self.model_cfg.fps, **extra)
+            with self.range("loss"):
+                loss = self.flow.loss(pred, inputs)
+            (loss * backward_scale).backward()
+        lr = self.optimizer.param_groups[0]["lr"]
+        with self.range("optimizer"):
+            grad_norm = optim.clip_and_step(self.model, self.optimizer, cfg.grad_clip)
+            if hasattr(grad_norm, "full_tensor"):
+                grad_norm = grad_norm.full_tensor()
+            self.scheduler.step()
+        with self.range("ema"):
+            beta = self.ema.update(self.model)
+        reduced = (loss.detach().double() * log_weight).reshape(1)
+        dist.all_reduce(reduced)
+        loss_value = float(reduced) / lay.dp_size
+        self.step += 1
+        if not math.isfinite(loss_value):
+            from cosmos_models.training import checkpointing
+            raise FloatingPointError(f"step {self.step}: the loss is {loss_value}; stopping (the last checkpoint is "
+                                     f"{checkpointing.find_latest(self.ckpt_root)})")
+        grid = tuple(x0.shape[2:])
+        passes = len(extra["control_input"]) if isinstance(extra.get("control_input"), dict) else 1
+        return {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm), "ema_beta": beta,
+                "kind": "image" if is_image else "video", "step_time_s": time.perf_counter() - start,
+                "tokens": self._tokens(grid) * n_group * lay.dp_size,
+                "flops": self._flops(grid, n_group if mode == "cp" else n_local, lay.cp if cp_on else 1,
+                                     share=1.0 / lay.cp if mode == "redundant" else 1.0, control_passes=passes)}
+
+    def _tokens(self, latent_grid: tuple[int, int, int]) -> int:
+        c = self.model_cfg
+        t, h, w = latent_grid
+        return (t // c.patch_temporal) * (h // c.patch_spatial) * (w // c.patch_spatial)
+
+    def _flops(self, latent_grid, batch: int, cp: int, share: float = 1.0, control_passes: int = 1) -> float | None:
+        """This rank's useful FLOPs of the step (cosmos_models.nets.flops); `share` < 1 when
+        the cp ranks all compute the same batch (only one copy is useful)."""
+        if self.peak is None:  # no known peak here (CPU, unknown GPU): no MFU to report
+            return None
+        return self.step_flops(latent_grid, batch, cp, control_passes) * share
+
+    def step_flops(self, latent_grid, batch: int, cp: int, control_passes: int = 1) -> float:
+        key = (latent_grid, batch, cp, control_passes)
+        if key not in self._flops_cache:
+            self._flops_cache[key] = float(flops.count(self.model_cfg, batch=batch, latent=latent_grid,
+                                                       text_len=self.model_cfg.text_len, cp=cp,
+                                                       control_passes=control_passes)["total_train_step"])
+        return self._flops_cache[key]
+
+    # ------------------------------------------------------------------------------------------ logs
+    def banner(self) -> str:
+        r, lay = self.r, self.layout
+        params = sum(p.numel() for p in self.model.parameters())
+        return (f"cosmos train: {self.model_cfg.name} ({params / 1e6:.1f}M params) on {lay.describe()}, "
+                f"{r.precision}, sac={r.sac}, clips {r.frames}x{r.size[0]}x{r.size[1]} from {self.data_root}, "
+                f"batch {self.cfg.batch}/dp group x {lay.dp_size}, lr {r.lr:.3g} (warmup {r.warmup}), "
+                f"{self.ema.describe()}, steps {self.step}->{self.cfg.steps}, out {self.cfg.out}")
+
+    def summarize(self, window: list[dict]) -> tuple[dict, str]:
+        step_time = sum(w["step_time_s"] for w in window) / len(window)
+        last = window[-1]
+        record = {"step": last["step"], "loss": sum(w["loss"] for w in window) / len(window),
+                  "losses": [w["loss"] for w in window], "lr": last["lr"], "grad_norm": last["grad_norm"],
+                  "kind": last["kind"], "step_time_s": step_time,
+                  "tokens_per_s": sum(w["tokens"] for w in window) / sum(w["step_time_s"] for w in window)}
+        step_flops = [w["flops"] for w in window]
+        if self.peak is not None and None not in step_flops:
+            record["mfu"] = sum(step_flops) / sum(w["step_time_s"] for w in window) / self.peak
+            record["peak_flops"] = self.peak
+        mfu = f"  mfu {record['mfu']:.1%} of {self.peak / 1e12:.1f} TFLOP/s (H100 SXM bf16 dense)" \
+            if "mfu" in record else ""
+        line = (f"step {record['step']:>7d}  loss {record['loss']:.5f}  lr {record['lr']:.3g}  "
+                f"grad {record['grad_norm']:.3g}  {step_time:.3f} s/step  {record['tokens_per_s']:.0f} tokens/s{mfu}")
+        return record, line
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def model_state(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        return {"model": model_sd, "optim": optim_sd, "ema": self.ema.shadow,
+                "trainer": {"ema_updates": self.ema.updates, "scheduler": json.dumps(self.scheduler.state_dict())}}
+
+    def restore(self, state: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        self.ema.load_state_dict({"shadow": state["ema"], "updates": state["trainer"]["ema_updates"]})
+        self.scheduler.load_state_dict(json.loads(state["trainer"]["scheduler"]))
+
+    def export(self) -> None:
+        self.export_ema(os.path.join(self.cfg.out, "ema.safetensors"))
+
+    def export_ema(self, path: str) -> None:
+        """The EMA weights as a safetensors file with our (official) names (rank 0 writes; all gather)."""
+        from cosmos_models.nets.checkpoint import write_weights
+
+        write_weights(self.model_cfg, self.ema.full_state_dict(), path)
