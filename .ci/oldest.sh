@@ -20,6 +20,6 @@ OUT="$(mktemp -d)" PYTHON="$PY" bench/device_run.sh --dry-run
 "$PY" -m pip install -q -c .ci/oldest.txt --no-build-isolation -e ".[test]"
 "$PY" -m pytest -q -rs -p no:cacheprovider -W ignore::DeprecationWarning \
     tests/test_dispatch.py tests/test_adaln.py tests/test_rope.py tests/test_flash_attention.py \
-    tests/test_neighborhood_attention.py tests/test_ulysses.py tests/test_dit.py tests/test_train.py \
+    tests/test_neighborhood_attention.py tests/test_ulysses.py tests/test_dit.py tests/test_trainer.py \
     tests/test_distill.py tests/test_deps.py \
     tests/test_sampler.py::test_cli_end_to_end tests/test_sampler.py::test_mp4_written_at_model_fps
