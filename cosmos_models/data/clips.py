@@ -83,15 +83,19 @@ class ClipError(Exception):
     """This file cannot give a clip (unreadable, no video stream, too short)."""
 
 
+def _video_stream(container):
+    if not container.streams.video:
+        raise ClipError("no video stream")
+    return container.streams.video[0]
+
+
 def probe_video(path: str) -> tuple[float, float]:
     """(span, period) in seconds: span = time of the last frame − time of the first; period = one
     source frame. From the container's metadata, or by reading the packets where it has none."""
     av = video_io._av()
     try:
         with av.open(path) as container:
-            if not container.streams.video:
-                raise ClipError("no video stream")
-            stream = container.streams.video[0]
+            stream = _video_stream(container)
             rate = stream.average_rate or stream.guessed_rate
             period = 1.0 / float(rate) if rate else None
             if stream.frames and rate:
@@ -135,9 +139,7 @@ def decode_clip(path: str, num_frames: int, fps: float, size: tuple[int, int], s
     av = video_io._av()
     try:
         with av.open(path) as container:
-            if not container.streams.video:
-                raise ClipError("no video stream")
-            stream = container.streams.video[0]
+            stream = _video_stream(container)
             stream.thread_type = "AUTO"
             rate = stream.average_rate or stream.guessed_rate
             tolerance = 0.5 / float(rate) if rate else 0.5 / fps
