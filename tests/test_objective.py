@@ -100,9 +100,17 @@ def test_early_stage_pixel_frames_and_caps():
     counts = stage.sample(N, 24, gen(9))
     assert abs((counts == 2).double().mean().item() - 0.5) < 0.006
     assert set(F.ConditionFrames({9: 1.0}, "pixel").latent_counts()) == {3}
-    # an image is never conditioned; a sample keeps at least one frame to learn from
+    # an image is never conditioned
     assert int(F.ConditionFrames.final_stage().sample(64, 1, gen(10)).max()) == 0
-    assert int(F.ConditionFrames.final_stage().sample(256, 2, gen(11)).max()) == 1
+
+
+@pytest.mark.parametrize("T", [2, 3, 24])
+def test_condition_frame_draw_matches_the_official_for_every_length(T):
+    """Official set_video_condition: random.choices over {0: 0.5, 1: 0.25, 2: 0.25} for any T > 1,
+    no cap (at T = 2 a draw of 2 conditions both frames, and that sample has no loss)."""
+    counts = F.ConditionFrames.final_stage().sample(N, T, gen(11))
+    for k, p in {0: 0.5, 1: 0.25, 2: 0.25}.items():
+        assert abs((counts == k).double().mean().item() - p) < 0.006, (T, k)
 
 
 def test_condition_frames_validation():
@@ -152,6 +160,16 @@ def test_loss_is_zero_on_conditioning_frames_and_the_hand_formula_elsewhere():
     # the official replacement: prediction on conditioning frames is ε − gt
     replaced = F.replace_prediction(pred.detach(), x0, noise, frames)
     assert torch.equal(replaced[1, :, 0], (noise - x0)[1, :, 0]) and torch.equal(replaced[0], pred.detach()[0])
+
+
+def test_the_default_loss_is_the_official_plain_mse():
+    """No x10: mean((v_pred - (eps - x0))^2) on a case small enough to compute by hand."""
+    x0 = torch.tensor([1.0, 2.0]).reshape(1, 1, 2, 1, 1)
+    noise = torch.tensor([0.5, -1.0]).reshape(1, 1, 2, 1, 1)
+    pred = torch.tensor([0.0, -2.0]).reshape(1, 1, 2, 1, 1)
+    # v = eps - x0 = (-0.5, -3.0); errors (0.5, 1.0); mean of squares (0.25 + 1.0) / 2
+    assert F.flow_matching_loss(pred, x0, noise).item() == pytest.approx(0.625)
+    assert F.FlowMatching().loss_scale == 1.0
 
 
 def test_loss_without_mask_is_scaled_mse():

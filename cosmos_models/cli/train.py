@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--timesteps", default=d.timesteps, choices=TIMESTEP_RECIPES,
       help="official (shift 5, 1000-step grid) or paper (shift by resolution, 5%% from the top 2%%)")
     a("--shift", type=float, default=None, help="timestep shift β (default: per --timesteps)")
+    a("--loss-scale", type=float, default=d.loss_scale,
+      help="multiply the flow-matching loss (official: 1; the logged loss and clipping see the scaled loss)")
     a("--overfit-one-batch", dest="overfit_batch", action="store_true",
       help="debug: train on the first batch with the same noise every step")
 

@@ -5,7 +5,7 @@ Equations (DESIGN.md "Training"; the public code `video2world_model_rectified_fl
 
     x_t = (1 − t)·x + t·ε                         t ∈ [0, 1], t = 1 is pure noise
     v   = ε − x                                    the velocity the network regresses
-    loss = loss_scale · mean((u(x_t, t, c) − v)² · (1 − m))      m = 1 on conditioning frames
+    loss = loss_scale · mean((u(x_t, t, c) − v)² · (1 − m))      m = 1 on conditioning frames, loss_scale 1
 
 Timesteps. A base draw `u = sigmoid(n)`, `n ~ N(logit_mean, logit_std²)` (logit-normal), then the shift
 `t = β·u / (1 + (β − 1)·u)`, i.e. `logit(t) = logit(u) + ln β`. Two recipes (`TimestepSampler`):
@@ -42,7 +42,9 @@ from cosmos_models.nets.vae import latent_frames as pixel_to_latent_frames
 
 NUM_TRAIN_TIMESTEPS = 1000
 OFFICIAL_SHIFT = 5.0
-OFFICIAL_LOSS_SCALE = 10.0
+# The official rectified-flow training_step never reads the config's loss_scale (10): its loss is
+# mean(time_weight · mean((v_pred − v)²)) with weight 1, no scale (DESIGN.md "Reference facts").
+OFFICIAL_LOSS_SCALE = 1.0
 OFFICIAL_TIMESTEP_SCALE = 0.001  # the DiT multiplies its timestep input by this (DiTConfig.timestep_scale)
 TAILS = ("none", "top", "sigma")
 
@@ -218,9 +220,10 @@ class ConditionFrames:
         return out
 
     def sample(self, batch: int, latent_frames: int, generator: torch.Generator, *, device=None) -> Tensor:
-        """Latent conditioning-frame counts (batch,) int64. Capped at latent_frames − 1 so a sample
-        keeps a frame to learn from; an image (latent_frames = 1) is never conditioned. Draws batch
-        uniforms, always."""
+        """Latent conditioning-frame counts (batch,) int64, as the official `set_video_condition` draws
+        them: from `probs` whatever the clip length, so at T = 2 latent frames a draw of 2 conditions
+        both frames (that sample then has no loss, as officially); an image (latent_frames = 1) is
+        never conditioned. Draws batch uniforms, always."""
         _check_count(batch, "batch", "ConditionFrames.sample")
         _check_count(latent_frames, "latent_frames", "ConditionFrames.sample")
         _check_generator(generator, "ConditionFrames.sample")
@@ -230,7 +233,7 @@ class ConditionFrames:
         cdf[-1] = 1.0 + 1e-9  # so rounding of the sum can never index past the end
         u = torch.rand(batch, generator=generator, device=generator.device, dtype=torch.float64).cpu()
         chosen = counts[torch.searchsorted(cdf, u, right=True)]
-        chosen = chosen.clamp(max=latent_frames - 1)
+        chosen = chosen.clamp(max=latent_frames) if latent_frames > 1 else torch.zeros_like(chosen)
         return chosen.to(generator.device if device is None else device)
 
 

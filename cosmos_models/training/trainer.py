@@ -10,7 +10,9 @@ conditioning frames and noise (cosmos_models/training/objective.py) -> DiT -> fl
 gradient clipping -> AdamW -> EMA. The recipe (DESIGN.md "Training"): AdamW β=(0.9, 0.999), weight
 decay 1e-3, lr of the config (2^-14.5 for the 2B), linear warm-up (the config's 2000 steps, at most
 a fifth of --steps so short runs train) then linear decay to --final-lr-ratio at --steps, gradient
-clipping at 0.1 (official), text dropout 0.2 (zeroed embedding, for classifier-free guidance),
+clipping at 0.1 (official), the loss unscaled as the official rectified-flow training_step computes
+it (--loss-scale to scale it; its config's loss_scale 10 is never read there), text dropout 0.2
+(zeroed embedding, for classifier-free guidance),
 power EMA σ_rel 0.1 (official PowerEMATracker; cosmos_models/training/ema.py).
 
 Data: --data is a clip folder (cosmos_models/data/clips.py); clips without cached latents are encoded
@@ -100,6 +102,7 @@ class TrainConfig(RunConfig):
     condition: str = "final"
     timesteps: str = "official"
     shift: float | None = None
+    loss_scale: float = flow.OFFICIAL_LOSS_SCALE
     overfit_batch: bool = False
 
 
@@ -136,6 +139,8 @@ def resolve(cfg: TrainConfig, device_type: str, *, needs_data: bool = True) -> R
         raise ValueError(f"--condition {cfg.condition!r}: expected one of {CONDITIONS}")
     if cfg.timesteps not in TIMESTEP_RECIPES:
         raise ValueError(f"--timesteps {cfg.timesteps!r}: expected one of {TIMESTEP_RECIPES}")
+    if not (cfg.loss_scale > 0 and math.isfinite(cfg.loss_scale)):
+        raise ValueError(f"--loss-scale must be a finite number > 0, got {cfg.loss_scale}")
     if not (cfg.grad_clip >= 0 and math.isfinite(cfg.grad_clip)):
         raise ValueError(f"--grad-clip must be >= 0 (0: no clipping), got {cfg.grad_clip}")
     lr = model_cfg.lr if cfg.lr is None else cfg.lr
@@ -207,7 +212,8 @@ class Trainer(Run):
                 flow.TimestepSampler(shift=cfg.shift)
         else:
             sampler = flow.TimestepSampler.paper(cfg.shift if cfg.shift is not None else shift_for_resolution(r.size))
-        self.flow = flow.FlowMatching(timesteps=sampler, condition=cond, timestep_scale=self.model_cfg.timestep_scale)
+        self.flow = flow.FlowMatching(timesteps=sampler, condition=cond, timestep_scale=self.model_cfg.timestep_scale,
+                                      loss_scale=cfg.loss_scale)
         self.peak = peak_flops(lay.device, r.precision)
         self._flops_cache: dict = {}
         self._fixed_batch = None
