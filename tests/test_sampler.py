@@ -417,3 +417,58 @@ def test_cli_random_everything_runs(tmp_path, capsys):
     assert read_video(out)[0].shape == (3, 9, 64, 64)
     assert math.isclose(read_video(out)[1], cm.get_config("tiny").fps)
 
+
+
+def test_control_flag_forms():
+    from cosmos_models.cli.sample import parse_control
+    assert parse_control("edge") == ("edge", None, 1.0, None)
+    assert parse_control("edge:0.5") == ("edge", None, 0.5, None)
+    assert parse_control("depth=0.7") == ("depth", None, 0.7, None)  # the old MODALITY=WEIGHT form
+    assert parse_control("depth=d.pt") == ("depth", "d.pt", 1.0, None)
+    assert parse_control("depth=d.pt:0.25:m.mp4") == ("depth", "d.pt", 0.25, "m.mp4")
+    assert parse_control("seg:0.5:mask") == ("seg", None, 0.5, "mask")
+    with pytest.raises(ValueError, match="is not a number"):
+        parse_control("edge=e.pt:lots")
+
+
+def test_cli_multi_control_one_branch_per_modality_checkpoint(tmp_path, capsys):
+    """--control depth=CKPT:WEIGHT:MASK adds that checkpoint's control branch over the --checkpoint
+    model's base; the mask comes as a video (white = apply)."""
+    edge_model = random_model("tiny-transfer", seed=0)
+    depth_model = random_model("tiny-transfer", seed=1)
+    depth_model.load_state_dict({k: v for k, v in edge_model.state_dict().items()
+                                 if not k.startswith(("control_embedder", "control_blocks"))}, strict=False)
+    edge_ckpt, depth_ckpt = tmp_path / "edge.safetensors", tmp_path / "depth.safetensors"
+    cm.save_checkpoint(edge_model, edge_ckpt)
+    cm.save_checkpoint(depth_model, depth_ckpt)
+    source, depth, mask = tmp_path / "in.mp4", tmp_path / "depth.mp4", tmp_path / "mask.mp4"
+    write_video(source, moving_square(9), 16)
+    write_video(depth, torch.rand(3, 9, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1, 16)
+    half = -torch.ones(3, 9, 64, 64)
+    half[..., :32] = 1
+    write_video(mask, half, 16)
+    out = tmp_path / "multi.mp4"
+    assert cli.main(["sample", "--checkpoint", str(edge_ckpt), "--video", str(source), "--control", "edge:0.8",
+                     f"depth={depth_ckpt}:0.6:{mask}", "--control-video", f"depth={depth}", "--steps", "2",
+                     "--no-progress", "--out", str(out)]) == 0
+    assert read_video(out)[0].shape == (3, 9, 64, 64)
+    printed = capsys.readouterr().out
+    assert "transfer with tiny-transfer" in printed and "preset tiny-transfer/default" in printed
+
+
+def test_cli_takes_a_run_folder_and_names_the_preset(tmp_path, capsys):
+    from cosmos_models.training.trainer import TrainConfig, Trainer
+    run = Trainer(TrainConfig(config="tiny", out=str(tmp_path / "run"), steps=1, save_every=1, log_every=1,
+                              progress=False, synthetic_clips=2))
+    try:
+        run.train()
+    finally:
+        run.close()
+    out = tmp_path / "from_run.mp4"
+    assert cli.main(["sample", "--checkpoint", str(tmp_path / "run"), "--steps", "2", "--no-progress",
+                     "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "step_000001" in printed.out and "read the 'ema' entries" in printed.err
+    assert cli.main(["sample", "--checkpoint", str(tmp_path / "run"), "--preset", "predict2.5-2b/post-trained",
+                     "--steps", "2", "--no-progress", "--out", str(out)]) == 0
+    assert "preset predict2.5-2b/post-trained (from --preset)" in capsys.readouterr().out

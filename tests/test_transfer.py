@@ -1,5 +1,7 @@
 """Transfer2.5 control branch (cosmos_models.nets.transfer): zero at init, hints through the zero-init
-projections, per-modality weights and spatial maps, packed slots, image context, errors."""
+projections, the official weight mixing (scalars as given, maps capped at a sum of 1), slot 0 for a
+single-modality checkpoint, one branch per modality checkpoint checked against the formula, packed
+slots, image context, errors."""
 import pytest
 import torch
 
@@ -21,7 +23,8 @@ def _setup(B=1, T=2, H=4, W=4):
 def _base_model(transfer):
     """The plain DiT with the transfer model's base weights."""
     base = cm.build(replace(transfer.config, name="tiny-transfer-base", variant="predict"))
-    sd = {k: v for k, v in transfer.state_dict().items() if not k.startswith(("control_embedder", "control_blocks"))}
+    sd = {k: v for k, v in transfer.state_dict().items()
+          if not k.startswith(("control_embedder", "control_blocks", "control_branches"))}
     base.load_state_dict(sd, strict=True)
     return base
 
@@ -56,42 +59,107 @@ def test_control_changes_output_only_through_projections():
     assert model.control_embedder.proj[1].weight.grad.abs().sum() > 0
 
 
-def test_modality_weights_and_spatial_maps():
+def test_modality_weights_and_spatial_maps_as_the_official_mixing():
+    """Scalars as given (1.0 each by default, not normalized: the official code's scalar path); with a
+    map, every weight becomes a map capped so the modalities sum to at most 1 at every position."""
     model, x, t, ctx, controls = _setup()
     _open_projections(model)
     edge = {"edge": controls["edge"]}
     only_edge = model(x, t, ctx, control_input=edge)  # one modality: weight 1
     weighted = model(x, t, ctx, control_input=controls, control_weights={"edge": 1.0, "depth": 0.0})
     torch.testing.assert_close(weighted, only_edge)
-    uniform = model(x, t, ctx, control_input=controls)  # default: 1/n each
-    torch.testing.assert_close(uniform, model(x, t, ctx, control_input=controls,
-                                              control_weights={"edge": 0.5, "depth": 0.5}))
-    assert not torch.allclose(uniform, only_edge)
-    # a constant spatial map equals the scalar; maps summing past 1 are capped at 1 per position
+    default = model(x, t, ctx, control_input=controls)  # 1.0 each
+    torch.testing.assert_close(default, model(x, t, ctx, control_input=controls,
+                                              control_weights={"edge": 1.0, "depth": 1.0}))
+    halves = model(x, t, ctx, control_input=controls, control_weights={"edge": 0.5, "depth": 0.5})
+    assert not torch.allclose(default, halves) and not torch.allclose(default, only_edge)
+    # a constant map equals the scalar; maps summing past 1 are capped at 1 per position
     grid = (1, 2, 2, 2)  # (B, T, H/2, W/2)
     half = torch.full(grid, 0.5)
     torch.testing.assert_close(model(x, t, ctx, control_input=controls,
-                                     control_weights={"edge": half, "depth": half}), uniform)
+                                     control_weights={"edge": half, "depth": half}), halves)
     torch.testing.assert_close(model(x, t, ctx, control_input=controls,
-                                     control_weights={"edge": half * 2, "depth": half * 2}), uniform)
+                                     control_weights={"edge": half * 2, "depth": half * 2}), halves)
     left = torch.zeros(grid)
     left[..., 0] = 1
     masked = model(x, t, ctx, control_input=edge, control_weights={"edge": left})
     assert not torch.allclose(masked, only_edge)
 
 
-def test_packed_slots_equal_dict_input():
+def test_a_modality_latent_sits_in_slot_0():
+    """Released Transfer2.5 checkpoints are trained on one modality, its latent in control slot 0:
+    {modality: latent} is the packed tensor with that latent in slot 0, whatever the modality."""
     model, x, t, ctx, controls = _setup()
     _open_projections(model)
-    packed = torch.cat([controls["edge"], torch.zeros_like(x), controls["depth"]], dim=1)  # slots 0, 1, 2
-    slots = model.config.control_modalities
-    assert slots.index("edge") == 0 and slots.index("depth") == 2
-    a = model(x, t, ctx, control_input=packed)
-    # one pass with both slots filled is not the weighted sum of separate passes, but a packed tensor
-    # with a single filled slot is exactly that modality alone
-    torch.testing.assert_close(model(x, t, ctx, control_input=controls["edge"]),
-                               model(x, t, ctx, control_input={"edge": controls["edge"]}))
-    assert torch.isfinite(a).all()
+    for name in ("edge", "blur", "depth", "seg"):
+        torch.testing.assert_close(model(x, t, ctx, control_input={name: controls["depth"]}),
+                                   model(x, t, ctx, control_input=controls["depth"]))
+
+
+def _branch_weights(model, seed):
+    """Another modality checkpoint: the same base, its own (random) control branch."""
+    torch.manual_seed(seed)
+    other = cm.build("tiny-transfer")
+    other.load_state_dict({k: v for k, v in model.state_dict().items()
+                           if not k.startswith(("control_embedder", "control_blocks"))}, strict=False)
+    _open_projections(other, 0.1)
+    with torch.no_grad():
+        for p in other.control_embedder.parameters():
+            p.normal_(0, 0.05)
+    return other
+
+
+def test_one_branch_per_modality_checkpoint_over_one_base():
+    model, x, t, ctx, controls = _setup()
+    _open_projections(model)
+    depth_ckpt = _branch_weights(model, 1)
+    params_before = sum(p.numel() for p in model.parameters())
+    model.add_control_branch("depth", depth_ckpt.state_dict())
+    branch_params = sum(p.numel() for p in model.control_branches["depth"].parameters())
+    assert sum(p.numel() for p in model.parameters()) == params_before + branch_params
+    assert branch_params == sum(p.numel() for n, p in depth_ckpt.named_parameters()
+                                if n.startswith(("control_embedder", "control_blocks")))  # a branch, not a model
+    # each modality through its own checkpoint's branch: weights selecting one give that checkpoint alone
+    e, d = controls["edge"], controls["depth"]
+    torch.testing.assert_close(model(x, t, ctx, control_input={"edge": e, "depth": d},
+                                     control_weights={"edge": 1.0, "depth": 0.0}),
+                               model(x, t, ctx, control_input={"edge": e}))
+    torch.testing.assert_close(model(x, t, ctx, control_input={"edge": e, "depth": d},
+                                     control_weights={"edge": 0.0, "depth": 1.0}),
+                               depth_ckpt(x, t, ctx, control_input={"depth": d}))
+    # the mix: the main stream gets w_e * hints(edge branch) + w_d * hints(depth branch) after each
+    # control block index, computed here from the formula with the two checkpoints' own branches
+    mixed = model(x, t, ctx, control_input={"edge": e, "depth": d}, control_weights={"edge": 0.7, "depth": 0.4})
+    torch.testing.assert_close(mixed, _mix_by_formula(model, depth_ckpt, x, t, ctx, e, d, 0.7, 0.4))
+    with pytest.raises(ValueError, match="already has a branch"):
+        model.add_control_branch("depth", depth_ckpt.state_dict())
+
+
+def _hints(model, x, t, ctx, latent):
+    """The hints a single-modality checkpoint's control branch gives at its control blocks."""
+    found = []
+    handles = [b.after_proj.register_forward_hook(lambda mod, i, o: found.append(o)) for b in model.control_blocks]
+    try:
+        model(x, t, ctx, control_input={"edge": latent})
+    finally:
+        for h in handles:
+            h.remove()
+    return found
+
+
+def _mix_by_formula(edge_model, depth_model, x, t, ctx, e, d, we, wd):
+    """The base model run with w_e * hints(edge ckpt) + w_d * hints(depth ckpt) added after each
+    control block index (the hints of each checkpoint computed on its own)."""
+    added = iter([we * a + wd * b for a, b in zip(_hints(edge_model, x, t, ctx, e), _hints(depth_model, x, t, ctx, d))])
+    base = _base_model(edge_model)
+    where = set(edge_model.config.control_block_indices)
+    handles = [block.register_forward_hook(lambda mod, inp, o: o + next(added))
+               for i, block in enumerate(base.blocks) if i in where]
+    try:
+        return base(x, t, ctx)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def test_image_context_is_used():

@@ -21,6 +21,17 @@ COMMANDS = {
 }
 
 
+# ValueError covers the library's argument checks and unreadable or mismatched weight files
+# (cosmos_models.nets.weight_files.WeightFileError); ImportError the missing optional packages
+EXPECTED_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError,
+                   ImportError)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) if str(exc) else type(exc).__name__
+    return text if len(text) <= 2000 else text[:2000] + " ..."
+
+
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: cosmos COMMAND [options]   (cosmos COMMAND --help for its options)", "", "commands:"]
@@ -37,13 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"cosmos: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    from cosmos_models._deps import MissingDependency
-
+    debug = "--debug" in rest
+    rest = [a for a in rest if a != "--debug"]
     try:
         module = importlib.import_module(COMMANDS[name][0])
-        parser = argparse.ArgumentParser(prog=f"cosmos {name}", description=COMMANDS[name][1], allow_abbrev=False)
+        parser = argparse.ArgumentParser(prog=f"cosmos {name}", description=COMMANDS[name][1], allow_abbrev=False,
+                                         epilog="--debug (any command): show the traceback of an error")
         module.add_arguments(parser)
         return int(module.run(parser.parse_args(rest)) or 0)
-    except MissingDependency as exc:  # an optional package this feature needs: one line, not a traceback
-        print(f"cosmos {name}: error: {exc}", file=sys.stderr)
+    except EXPECTED_ERRORS as exc:
+        # what a user can cause and fix (a bad value, a missing or unreadable file, a missing optional
+        # package): one line saying what and what to do; --debug for the traceback
+        if debug:
+            raise
+        print(f"cosmos {name}: error: {_one_line(exc)}", file=sys.stderr)
         return 2

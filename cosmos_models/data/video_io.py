@@ -101,9 +101,12 @@ def write_video(path: str | os.PathLike, video: torch.Tensor, fps: float, *, lay
         stream = container.add_stream(codec, rate=Fraction(float(fps)).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         if codec == "libx264":
-            stream.options = {"crf": str(int(crf))}
+            # one encoder thread: x264's threaded encoding is not byte-reproducible, and a seed must
+            # give the same file (cosmos sample); the encode is small next to the generation
+            stream.options = {"crf": str(int(crf)), "threads": "1"}
         else:
             stream.bit_rate = max(2_000_000, 24 * w * h)  # mpeg4 has no crf: a generous bit rate
+            stream.thread_count = 1
         for frame in data:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)

@@ -569,10 +569,10 @@ class StudentSampler(Sampler):
     @torch.no_grad()
     def sample_latents(self, latent_shape: tuple[int, int, int], *, context: Tensor, negative_context: Tensor | None,
                        guidance: float, generator: torch.Generator, condition: tuple[Tensor, Tensor] | None = None,
-                       num_steps: int | None = None, solver: str = "unipc", shift: float = 5.0,
+                       num_steps: int | None = None, solver: str = "unipc", shift: float = 5.0, grid: str = "shifted",
                        condition_sigma: float | None = CONDITION_SIGMA, model_inputs: Mapping | None = None,
                        progress=None) -> Tensor:
-        """Latents (1, 16, T, h, w) fp32 of one few-step run (solver and shift do not apply)."""
+        """Latents (1, 16, T, h, w) fp32 of one few-step run (solver, shift and grid do not apply)."""
         cfg = self.config
         T, h, w = latent_shape
         noise = torch.randn((1, cfg.latent_channels, T, h, w), generator=generator, device=generator.device,

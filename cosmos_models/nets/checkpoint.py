@@ -18,7 +18,9 @@ Key maps (documented so a user can check what is loaded):
   `time_embed`, `crossattn_proj`, `img_context_proj`) are dropped. A diffusers folder
   (`save_pretrained` output, with an optional `controlnet/` subfolder) loads directly.
 
-Files: safetensors, or torch.load(weights_only=True); nothing else is unpickled.
+Files: every format of cosmos_models.nets.weight_files (safetensors, torch pickles through
+weights_only=True, DCP folders, diffusers folders); nothing but tensors and plain data is unpickled.
+`detect_config(state_dict)` names the registered config whose parameter names and shapes a file has.
 """
 from __future__ import annotations
 
@@ -28,6 +30,12 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from cosmos_models.nets.weight_files import WeightFileError, read_weights, tensors_of
+
+class CheckpointMismatch(WeightFileError):
+    """A readable checkpoint whose names or shapes do not fit the model (listed in the message)."""
+
 
 # diffusers name -> ours, applied as substring replacements in this order
 _DIFFUSERS_TO_OURS = (
@@ -135,41 +143,26 @@ def to_ours(state_dict: Mapping[str, Tensor], prefer_ema: bool = False) -> dict[
 
 
 def _unwrap(obj) -> dict[str, Tensor]:
-    """Training checkpoints nest the weights: {"model": {...}}, {"state_dict": {...}}, {"module": {...}}."""
-    for key in ("model", "state_dict", "module"):
-        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
-            obj = obj[key]
-    if not isinstance(obj, Mapping):
-        raise TypeError(f"checkpoint must be a mapping of names to tensors, got {type(obj).__name__}")
-    return {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    return tensors_of(obj, [], "the state dict")
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """A state dict from a .safetensors file, a torch file (weights_only=True) or a diffusers folder."""
-    from safetensors.torch import load_file
-
-    p = Path(path)
-    if p.is_dir():
-        files = sorted(p.glob("*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"{p}: no *.safetensors files in this folder")
-        sd = {}
-        for f in files:
-            sd.update(load_file(str(f)))
-        if (p / "controlnet").is_dir():
-            sd.update({_CONTROLNET + k: v for k, v in read_state_dict(p / "controlnet").items()})
-        return sd
-    if not p.exists():
-        raise FileNotFoundError(f"checkpoint {p} does not exist")
-    if p.suffix == ".safetensors":
-        return load_file(str(p))
-    return _unwrap(torch.load(str(p), map_location="cpu", weights_only=True))
+def read_state_dict(path: str | os.PathLike, *, prefer_ema: bool = False, notes: list[str] | None = None
+                    ) -> dict[str, Tensor]:
+    """A state dict from any file or folder users have (cosmos_models.nets.weight_files); what was
+    dropped or chosen goes to `notes`."""
+    sd, found = read_weights(path, prefer_ema=prefer_ema)
+    if notes is not None:
+        notes.extend(found)
+    return sd
 
 
-def load_checkpoint(model: nn.Module, path_or_state_dict, *, prefer_ema: bool = False) -> nn.Module:
+def load_checkpoint(model: nn.Module, path_or_state_dict, *, prefer_ema: bool = False,
+                    notes: list[str] | None = None) -> nn.Module:
     """Load official, diffusers or our names into `model` strictly (missing/unexpected/mis-shaped
-    entries raise, listing them). Works on meta-device models (the tensors are assigned)."""
-    raw = path_or_state_dict if isinstance(path_or_state_dict, Mapping) else read_state_dict(path_or_state_dict)
+    entries raise a CheckpointMismatch listing them). Works on meta-device models (the tensors are
+    assigned). `notes` collects what the reader dropped or chose (non-tensor entries, DCP entries)."""
+    raw = path_or_state_dict if isinstance(path_or_state_dict, Mapping) else read_state_dict(
+        path_or_state_dict, prefer_ema=prefer_ema, notes=notes)
     sd = to_ours(raw, prefer_ema=prefer_ema)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))
@@ -177,7 +170,8 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, *, prefer_ema: bool = 
     shapes = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
                     for k in set(sd) & set(expected) if tuple(sd[k].shape) != tuple(expected[k].shape))
     if missing or unexpected or shapes:
-        raise ValueError("load_checkpoint: the checkpoint does not match the model " +
+        source = "" if isinstance(path_or_state_dict, Mapping) else f"{path_or_state_dict}: "
+        raise CheckpointMismatch(f"{source}the checkpoint does not match the model " +
                          f"({type(model).__name__}, config {getattr(getattr(model, 'config', None), 'name', '?')}):"
                          + _listing("missing", missing) + _listing("unexpected", unexpected)
                          + _listing("shape mismatch", shapes))
@@ -236,3 +230,23 @@ def write_weights(config, weights: Mapping[str, Tensor] | None, path: str | os.P
     tmp = f"{os.fspath(path)}.tmp.{os.getpid()}"
     save_checkpoint(holder, tmp)
     os.replace(tmp, path)
+
+
+def detect_config(state_dict: Mapping[str, Tensor]) -> str | None:
+    """The registered config whose parameter names and shapes `state_dict` (any supported naming)
+    has exactly, or None. Each candidate is built on the meta device (no memory)."""
+    from cosmos_models.nets.config import configs, get_config
+    from cosmos_models.nets.registry import model_class
+
+    sd = to_ours(state_dict)
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    width = shapes.get("x_embedder.proj.1.weight")
+    for name in configs():
+        cfg = get_config(name)
+        if width is not None and width[0] != cfg.model_channels:
+            continue  # cheap filter before building
+        with torch.device("meta"):
+            model = model_class(cfg)(cfg)
+        if {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes:
+            return name
+    return None

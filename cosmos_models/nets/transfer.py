@@ -11,11 +11,16 @@ Control block j (a full DiT block) runs before the main stream:
 and hint_j is added to the main stream after main block `control_block_indices[j]`, times
 `control_context_scale`. At initialization every hint is zero, so the output equals the base model's.
 
-Several modalities: given as a dict {modality: latent (B, 16, T, H, W)}, the control branch runs once
-per modality (each alone in its slot) and the hints are summed with per-modality weights: scalars
-(uniform 1/n by default: 0.25 each for the four modalities) or spatial weight maps on the latent
-grid, normalized so that at every position the weights sum to at most 1. A tensor (B, 16*k, T, H, W)
-is taken as the already packed slots (k <= control_slots) and runs the branch once.
+Modalities, as the released Transfer2.5 checkpoints take them: each checkpoint is trained on ONE
+modality, whose latent sits in control slot 0 (the other slots zero). Given a dict {modality: latent
+(B, 16, T, H, W)}, each modality runs one control-branch pass with its latent in slot 0, through the
+branch of its own checkpoint when one was added (`add_control_branch(modality, weights)`: the official
+multi-control, one branch per modality checkpoint over one shared base forward), else through this
+model's own branch; the hints are summed with per-modality weights, as the official code does:
+scalars (default 1.0 each) are used as given; when any modality has a spatio-temporal weight map
+(a mask times its weight), every weight becomes a map and at every position they are scaled so that
+they sum to at most 1. A tensor (B, 16*k, T, H, W) is taken as the already packed slots
+(k <= control_slots) and runs this model's branch once.
 """
 from __future__ import annotations
 
@@ -53,6 +58,20 @@ class ControlBlock(Block):
         return c, self.after_proj(c)
 
 
+class ControlBranch(nn.Module):
+    """The control branch of one modality checkpoint: its patch embedding and control blocks (the
+    official names under it: control_embedder.*, control_blocks.N.*)."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.control_embedder = PatchEmbed(cfg.control_in_channels, cfg.model_channels, cfg.patch_spatial,
+                                           cfg.patch_temporal)
+        self.control_blocks = nn.ModuleList(ControlBlock(cfg, j) for j in range(len(cfg.control_block_indices)))
+
+
+BRANCH_PREFIXES = ("control_embedder.", "control_blocks.")
+
+
 class TransferDiT(DiT):
     variant_inputs = ("control_input", "control_weights", "control_context_scale")
     sampler_modes = ("transfer",)
@@ -83,6 +102,32 @@ class TransferDiT(DiT):
         self.control_embedder = PatchEmbed(cfg.control_in_channels, cfg.model_channels, cfg.patch_spatial,
                                            cfg.patch_temporal)
         self.control_blocks = nn.ModuleList(ControlBlock(cfg, j) for j in range(len(cfg.control_block_indices)))
+        # further modality checkpoints' branches (empty unless add_control_branch is called)
+        self.control_branches = nn.ModuleDict()
+
+    def add_control_branch(self, modality: str, weights: dict[str, Tensor]) -> ControlBranch:
+        """Attach the control branch of another single-modality checkpoint (its state dict in our names;
+        only its control_embedder.* / control_blocks.* entries are taken: the base of every released
+        Transfer2.5 checkpoint is the same frozen Predict2.5 model). Memory grows by one branch."""
+        cfg = self.config
+        if modality not in cfg.control_modalities:
+            raise ValueError(f"add_control_branch: unknown modality {modality!r}; expected one of {cfg.control_modalities}")
+        if modality in self.control_branches:
+            raise ValueError(f"add_control_branch: modality {modality!r} already has a branch")
+        part = {k: v for k, v in weights.items() if k.startswith(BRANCH_PREFIXES)}
+        ref = self.control_embedder.proj[1].weight
+        with torch.device(ref.device if not ref.is_meta else "cpu"):
+            branch = ControlBranch(cfg)
+        missing, unexpected = branch.load_state_dict(part, strict=False, assign=ref.is_meta)
+        if missing or unexpected:
+            raise ValueError(f"add_control_branch({modality!r}): the checkpoint's control branch does not match "
+                             f"this model: {len(missing)} missing ({missing[:3]}), {len(unexpected)} unexpected")
+        if not ref.is_meta:
+            branch.to(device=ref.device, dtype=ref.dtype)
+        for block in branch.control_blocks:  # the same kernels, CP group and window as the main blocks
+            block.cp_group = self.cp_group
+        self.control_branches[modality] = branch
+        return branch
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -100,7 +145,7 @@ class TransferDiT(DiT):
         return torch.cat(parts, dim=1)
 
     def _control_passes(self, control_input, control_weights, x: Tensor) -> list[tuple[Tensor, object]]:
-        """[(slots tensor, weight)] : one control-branch pass each."""
+        """[(slots tensor, weight, modality)] : one control-branch pass each."""
         cfg = self.config
         B, C, T, H, W = x.shape
         if control_input is None:
@@ -112,7 +157,7 @@ class TransferDiT(DiT):
                     or control_input.shape[1] % C or control_input.shape[1] // C > cfg.control_slots:
                 raise ValueError(f"control_input has shape {tuple(control_input.shape)}; expected (B, {C}*k, T, H, W) "
                                  f"with k <= {cfg.control_slots} and B, T, H, W of x {tuple(x.shape)}")
-            return [(self._slots(dict(enumerate(control_input.split(C, dim=1))), x), 1.0)]
+            return [(self._slots(dict(enumerate(control_input.split(C, dim=1))), x), 1.0, None)]
         if not isinstance(control_input, dict) or not control_input:
             raise ValueError(f"control_input must be a non-empty dict {{modality: latent}} or a tensor, got "
                              f"{type(control_input).__name__}")
@@ -123,13 +168,15 @@ class TransferDiT(DiT):
             if not isinstance(latent, Tensor) or tuple(latent.shape) != tuple(x.shape):
                 got = tuple(latent.shape) if isinstance(latent, Tensor) else type(latent).__name__
                 raise ValueError(f"control_input[{name!r}] has shape {got}; expected the latent shape {tuple(x.shape)}")
-            passes.append((self._slots({cfg.control_modalities.index(name): latent}, x), name))
+            passes.append((self._slots({0: latent}, x), name))  # a single-modality checkpoint: slot 0
         weights = self._modality_weights(control_weights, [n for _, n in passes], x)
-        return [(slots, w) for (slots, _), w in zip(passes, weights)]
+        return [(slots, w, name) for (slots, name), w in zip(passes, weights)]
 
     def _modality_weights(self, control_weights, names: list[str], x: Tensor) -> list:
+        """The official mixing: scalars as given (1.0 each by default); with any map, all become maps
+        capped so that they sum to at most 1 at every position."""
         if control_weights is None:
-            return [1.0 / len(names)] * len(names)
+            return [1.0] * len(names)
         if not isinstance(control_weights, dict) or set(control_weights) != set(names):
             raise ValueError(f"control_weights must be a dict with one entry per given modality {names}, got "
                              f"{control_weights if not isinstance(control_weights, dict) else list(control_weights)}")
@@ -167,8 +214,9 @@ class TransferDiT(DiT):
                     control_input=None, control_weights=None, control_context_scale=1.0, **kw) -> Tensor:
         latents = x_in[:, : self.config.latent_channels]
         hints = None
-        for slots, weight in self._control_passes(control_input, control_weights, latents):
-            h = self._control_hints(slots, x, emb, context, freqs, lora, frames, image_context,
+        for slots, weight, modality in self._control_passes(control_input, control_weights, latents):
+            branch = self.control_branches[modality] if modality in self.control_branches else self
+            h = self._control_hints(branch, slots, x, emb, context, freqs, lora, frames, image_context,
                                     condition_video_input_mask, padding_mask)
             w = self._token_weight(weight, frames)
             h = [_times(t, w) for t in h] if not (isinstance(w, float) and w == 1.0) else h
@@ -181,14 +229,15 @@ class TransferDiT(DiT):
                 x = x + _times(hints[where[i]], scale)
         return x
 
-    def _control_hints(self, slots: Tensor, x: Tensor, emb, context, freqs, lora, frames: Frames, image_context,
-                       condition_video_input_mask, padding_mask) -> list[Tensor]:
+    def _control_hints(self, branch, slots: Tensor, x: Tensor, emb, context, freqs, lora, frames: Frames,
+                       image_context, condition_video_input_mask, padding_mask) -> list[Tensor]:
+        """The hints of one branch (this model, or a ControlBranch) for one modality pass."""
         c_in = self._masks(slots, condition_video_input_mask, padding_mask)  # same masks as the main input
-        c = self.control_embedder(c_in).flatten(1, 3)
+        c = branch.control_embedder(c_in).flatten(1, 3)
         if self.cp_group is not None:
             c = _cp_split(c, frames, self.cp_group, 1)
         hints = []
-        for block in self.control_blocks:
+        for block in branch.control_blocks:
             c, hint = block(c, x, emb, context, freqs, lora, frames, image_context)
             hints.append(hint)
         return hints

@@ -73,6 +73,41 @@ class WanVAE(nn.Module):
         return cls(_autoencoder_cls()(**kwargs))
 
     @classmethod
+    def from_official_file(cls, path: str, config: dict | str = "wan2.1") -> WanVAE:
+        """The official WAN2.1 VAE file (`tokenizer.pth` of the Cosmos releases, `Wan2.1_VAE.pth`): a
+        torch state dict of the original module's names, converted to diffusers' AutoencoderKLWan."""
+        from cosmos_models.nets.weight_files import WeightFileError, read_weights
+
+        kwargs = {"wan2.1": WAN21_CONFIG, "tiny": TINY_CONFIG}.get(config, config) if isinstance(config, str) else config
+        sd, _ = read_weights(path)
+        ae = _autoencoder_cls()(**kwargs)
+        converted = official_vae_to_diffusers(sd, kwargs)
+        expected = ae.state_dict()
+        missing, unexpected = sorted(set(expected) - set(converted)), sorted(set(converted) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(converted) if expected[k].shape != converted[k].shape)
+        if missing or unexpected or wrong:
+            raise WeightFileError(f"{path}: not a WAN2.1 VAE of this architecture ({len(missing)} missing, "
+                                  f"{len(unexpected)} unexpected, {len(wrong)} mis-shaped entries, e.g. "
+                                  f"{(missing + unexpected + wrong)[:3]}); give the tokenizer.pth of the release or "
+                                  "a diffusers AutoencoderKLWan folder")
+        ae.load_state_dict(converted, strict=True)
+        return cls(ae)
+
+    @classmethod
+    def load(cls, spec: str) -> WanVAE:
+        """--vae: a diffusers folder, or the official VAE file (tokenizer.pth / Wan2.1_VAE.pth)."""
+        import os
+
+        from cosmos_models.nets.weight_files import WeightFileError
+
+        if os.path.isdir(spec):
+            return cls.from_pretrained(spec)
+        if os.path.isfile(spec):
+            return cls.from_official_file(spec)
+        raise WeightFileError(f"--vae {spec}: no such file or folder (a diffusers AutoencoderKLWan folder or the "
+                              "official tokenizer.pth)")
+
+    @classmethod
     def from_pretrained(cls, path: str, subfolder: str | None = None, **kwargs) -> WanVAE:
         """Load a diffusers-format AutoencoderKLWan (a local folder by default: local_files_only=True)."""
         kwargs.setdefault("local_files_only", True)
@@ -103,3 +138,66 @@ class WanVAE(nn.Module):
             raise ValueError(f"latents must be (B, {self.latents_mean.shape[1]}, T, H, W), got {tuple(latents.shape)}")
         mu = latents.float() * self.latents_std + self.latents_mean
         return self.autoencoder.decode(mu.to(self._dtype())).sample.float().clamp(-1, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the official VAE file's names -> diffusers' (the original module is a flat list of blocks per side)
+# ---------------------------------------------------------------------------------------------
+_RESNET = {"residual.0.gamma": "norm1.gamma", "residual.2.": "conv1.", "residual.3.gamma": "norm2.gamma",
+           "residual.6.": "conv2.", "shortcut.": "conv_shortcut."}
+_TOP = {"conv1.": "quant_conv.", "conv2.": "post_quant_conv."}
+
+
+def _resnet_part(rest: str) -> str:
+    for old, new in _RESNET.items():
+        if rest.startswith(old):
+            return new + rest[len(old):]
+    return rest  # resample.*, time_conv.*: the same names in both
+
+
+def _side(side: str, rest: str, decoder_blocks: dict[int, str]) -> str:
+    """One encoder/decoder key (`rest` after "encoder." / "decoder.") in diffusers' names."""
+    if rest.startswith("conv1."):
+        return "conv_in." + rest[len("conv1."):]
+    if rest.startswith("head.0."):
+        return "norm_out." + rest[len("head.0."):]
+    if rest.startswith("head.2."):
+        return "conv_out." + rest[len("head.2."):]
+    if rest.startswith("middle."):
+        index, _, tail = rest[len("middle."):].partition(".")
+        if index == "1":
+            return "mid_block.attentions.0." + tail
+        return f"mid_block.resnets.{0 if index == '0' else 1}." + _resnet_part(tail)
+    flat = "downsamples." if side == "encoder" else "upsamples."
+    if rest.startswith(flat):
+        index, _, tail = rest[len(flat):].partition(".")
+        if side == "encoder":  # diffusers keeps the encoder's flat list
+            return f"down_blocks.{index}." + _resnet_part(tail)
+        return decoder_blocks[int(index)] + _resnet_part(tail)
+    return rest
+
+
+def official_vae_to_diffusers(state_dict, config: dict) -> dict:
+    """Rename an official WAN2.1 VAE state dict (original module names) to AutoencoderKLWan's.
+
+    Encoder: the flat `downsamples.i` list keeps its indices as `down_blocks.i`. Decoder: the flat
+    `upsamples` list is, per stage, num_res_blocks + 1 residual blocks then (but for the last stage)
+    one resample; diffusers groups them as `up_blocks.s.resnets.j` and `up_blocks.s.upsamplers.0`."""
+    stages, per = len(config["dim_mult"]), config["num_res_blocks"] + 1
+    decoder_blocks, i = {}, 0
+    for s in range(stages):
+        for j in range(per):
+            decoder_blocks[i] = f"up_blocks.{s}.resnets.{j}."
+            i += 1
+        if s != stages - 1:
+            decoder_blocks[i] = f"up_blocks.{s}.upsamplers.0."
+            i += 1
+    out = {}
+    for key, value in state_dict.items():
+        side, _, rest = key.partition(".")
+        if side in ("encoder", "decoder"):
+            out[f"{side}.{_side(side, rest, decoder_blocks)}"] = value
+        else:
+            new = next((n + key[len(o):] for o, n in _TOP.items() if key.startswith(o)), key)
+            out[new] = value
+    return out

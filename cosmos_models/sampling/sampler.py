@@ -8,7 +8,8 @@ long videos in autoregressive chunks, VAE decode, mp4 out. The `cosmos sample` c
 
 What one denoising run does (the official Video2World loop, `video2world_model_rectified_flow.py`,
 and diffusers' `Cosmos2_5_PredictBasePipeline`; see shared/DESIGN.md "Reference facts"):
-- σ grid `solvers.flow_sigmas(num_steps, shift)` (35 steps, shift 5); the network is fed the
+- σ grid `solvers.sigma_grid(grid, num_steps, shift)`: "shifted" (35 steps, shift 5) or "karras" (the
+  post-trained 2B; cosmos_models.sampling.presets names each released checkpoint's); the network is fed the
   scheduler's integer timesteps `trunc(1000·σ)` (`solvers.official_timesteps`), converted to the
   model's `timestep_scale` (the DiT multiplies by 0.001, so its sinusoid sees σ).
 - Conditioning latent frames `gt` under a mask m (1 on the first c latent frames): the state is
@@ -59,7 +60,7 @@ from cosmos_models.nets import registry
 from cosmos_models.nets.config import DiTConfig
 from cosmos_models.nets.text import prepare_embeddings
 from cosmos_models.nets.vae import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, latent_frames, pixel_frames
-from cosmos_models.data.video_io import read_image, read_image_or_video, to_float, write_video
+from cosmos_models.data.video_io import IMAGE_EXTENSIONS, read_image, read_image_or_video, to_float, write_video
 
 MODES = ("text2world", "image2world", "video2world", "transfer", "multiview", "action")
 CHUNK_CONDITIONING = ("pixel", "latent")
@@ -224,10 +225,41 @@ def _pad_frames(video: Tensor, frames: int) -> Tensor:
     return torch.cat([video, video[:, -1:].expand(-1, missing, *video.shape[2:])], dim=1)
 
 
+def _weight_and_mask(value, name: str) -> tuple[float, object]:
+    """A control entry: a weight, a mask (tensor or file; weight 1), or (weight, mask)."""
+    weight, mask = 1.0, None
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        weight, mask = value
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        weight = value
+    else:
+        mask = value
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not (math.isfinite(weight) and weight >= 0):
+        raise ValueError(f"control weight of {name!r} must be a finite number >= 0, got {weight!r}")
+    return float(weight), mask
+
+
+def read_mask(path: str | os.PathLike) -> Tensor:
+    """A spatio-temporal mask from a file, in [0, 1]: a video (.mp4 ...) or a folder of image frames
+    (white = where the control applies, as the official mask videos), or a .npy / .pt / .safetensors
+    array ((H, W) or (T, H, W), used as given)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        files = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise ValueError(f"mask folder {path!r} holds no image frames ({', '.join(IMAGE_EXTENSIONS)})")
+        frames = torch.stack([read_image(os.path.join(path, f), dtype=torch.uint8) for f in files], dim=1)
+        return frames.float().mean(0) / 255.0
+    if path.lower().endswith((".npy", ".pt", ".pth", ".safetensors")):
+        return load_tensor(path, "mask").float()
+    video, _ = read_image_or_video(path, dtype=torch.uint8)
+    return video.float().mean(0) / 255.0  # (T, H, W): the grey level of each pixel
+
+
 def _mask_video(mask, frames: int, height: int, width: int, name: str) -> Tensor:
     """A spatial weight mask as (frames, H, W) float: from (H, W) (all frames) or (T >= frames, H, W)."""
     if isinstance(mask, (str, os.PathLike)):
-        mask = load_tensor(mask, "mask")
+        mask = read_mask(mask)
     mask = torch.as_tensor(mask).float()
     if mask.dim() == 2:
         mask = mask[None].expand(frames, -1, -1)
@@ -289,7 +321,7 @@ class Sampler:
     def sample_latents(self, latent_shape: tuple[int, int, int], *, context: Tensor,
                        negative_context: Tensor | None, guidance: float, generator: torch.Generator,
                        condition: tuple[Tensor, Tensor] | None = None, num_steps: int | None = None,
-                       solver: str = "unipc", shift: float = solvers.DEFAULT_SHIFT,
+                       solver: str = "unipc", shift: float = solvers.DEFAULT_SHIFT, grid: str = "shifted",
                        condition_sigma: float | None = CONDITION_SIGMA, model_inputs: Mapping | None = None,
                        progress: Callable[[int, int], None] | None = None) -> Tensor:
         """Latents (1, 16, T, h, w) fp32 of one run over `latent_shape` = (T, h, w). `context`,
@@ -301,7 +333,7 @@ class Sampler:
         if g > 0 and negative_context is None:
             raise ValueError(f"guidance={g} > 0 needs negative_context (the unconditional pass)")
         steps = cfg.sample_steps if num_steps is None else num_steps
-        sigmas = solvers.flow_sigmas(steps, shift)
+        sigmas = solvers.sigma_grid(grid, steps, shift)
         # the official loop feeds trunc(1000·σ); the network multiplies what it gets by timestep_scale
         net_t = (solvers.official_timesteps(sigmas).double() / solvers.NUM_TRAIN_TIMESTEPS / cfg.timestep_scale)
         step_of = {s: i for i, s in enumerate(sigmas.tolist())}
@@ -362,7 +394,7 @@ class Sampler:
                  control_scale: float = 1.0, actions=None, num_views: int | None = None, view_indices=None,
                  num_frames: int | None = None, height: int | None = None, width: int | None = None,
                  num_steps: int | None = None, guidance_scale: float | None = None, solver: str = "unipc",
-                 shift: float = solvers.DEFAULT_SHIFT, seed: int | None = None,
+                 shift: float = solvers.DEFAULT_SHIFT, grid: str = "shifted", seed: int | None = None,
                  generator: torch.Generator | None = None, num_condition_frames: int | None = None,
                  continuation_frames: int = DEFAULT_VIDEO_CONDITION_FRAMES, chunk_conditioning: str = "pixel",
                  condition_sigma: float | None = CONDITION_SIGMA, resize: bool = False, fps: float | None = None,
@@ -403,6 +435,8 @@ class Sampler:
                              f"{CHUNK_CONDITIONING}")
         if solver not in SOLVERS:
             raise ValueError(f"solver={solver!r} is not supported; expected one of {SOLVERS}")
+        if grid not in solvers.GRIDS:
+            raise ValueError(f"grid={grid!r} is not supported; expected one of {solvers.GRIDS}")
         guidance = solvers.check_guidance(cfg.guidance if guidance_scale is None else guidance_scale)
         steps = _check_int("num_steps", cfg.sample_steps if num_steps is None else num_steps, 1)
         height = cfg.resolution[0] if height is None else height
@@ -427,7 +461,7 @@ class Sampler:
         negative = (self._embedding(negative_prompt_embedding, "negative prompt embedding", views, generator, need)
                     if guidance > 0 else None)
         run = dict(context=context, negative_context=negative, guidance=guidance, generator=generator,
-                   num_steps=steps, solver=solver, shift=shift, condition_sigma=condition_sigma)
+                   num_steps=steps, solver=solver, shift=shift, grid=grid, condition_sigma=condition_sigma)
         self.last_run = []
         if mode == "multiview":
             result = self._multiview(run, views, image, video, view_indices, num_frames, num_condition_frames,
@@ -570,13 +604,11 @@ class Sampler:
                                 blur_preset=blur_preset, resize=resize)
         maps = {}
         if weights is not None:
-            weights = {ALIASES.get(k, k): v for k, v in weights.items()}
-            for n, w in weights.items():
-                if isinstance(w, numbers.Real) and not isinstance(w, bool):
-                    if not (math.isfinite(w) and w >= 0):
-                        raise ValueError(f"control weight of {n!r} must be a finite number >= 0, got {w!r}")
-                else:
-                    maps[n] = _mask_video(w, total, height, width, f"control weight of {n!r}")
+            parsed = {ALIASES.get(k, k): _weight_and_mask(v, k) for k, v in weights.items()}
+            weights = {n: wt for n, (wt, _) in parsed.items()}
+            for n, (wt, mask) in parsed.items():
+                if mask is not None:  # the official spatio-temporal weight: mask x weight
+                    maps[n] = wt * _mask_video(mask, total, height, width, f"control mask of {n!r}")
         h, w = height // SPATIAL_COMPRESSION, width // SPATIAL_COMPRESSION
         if chaining == "latent":  # one encoding of the whole (padded) control videos on the stitched timeline
             padded = round_up_to_vae_frames(total)

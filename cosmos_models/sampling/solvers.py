@@ -11,9 +11,18 @@ Solvers, both driven step by step (`x = solver.step(x, v)`) or through `sample(.
   "bh2", data prediction, lower order final); the same update as diffusers'
   `UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction")`.
 
-Grid (`flow_sigmas`): `linspace(σ_max, σ_min, N + 1)[:-1]` with the official σ_max = 0.999,
-σ_min = 0 (= 1 − 1/1000 and 0 of the 1000-step training grid), each shifted by
-`σ' = shift·σ / (1 + (shift − 1)·σ)` (shift 5), then a final 0. 35 steps by default.
+Grids (`sigma_grid(kind, N, shift)`, the one implementation sampling, training and distillation use):
+- "shifted" (`flow_sigmas`): `linspace(σ_max, σ_min, N + 1)[:-1]` with the official σ_max = 0.999,
+  σ_min = 0 (= 1 − 1/1000 and 0 of the 1000-step training grid), each shifted by
+  `σ' = shift·σ / (1 + (shift − 1)·σ)` (shift 5), then a final 0: N steps. 35 by default.
+- "karras" (`karras_sigmas`): the official `use_kerras_sigma` schedule (the post-trained 2B): EDM σ
+  `(σ_max^(1/ρ) + i/N·(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ` for i = 0…N with σ_max 200, σ_min 0.01, ρ 7,
+  each mapped to the flow time σ/(1 + σ), then a final 0: N + 1 steps, as the official scheduler runs.
+- the training grid (`training_grid`): `shift(k/1000)` for k = 1000…1 (flow matching's timesteps).
+
+Why our own solver rather than diffusers' UniPCMultistepScheduler: diffusers is optional here (the GPU
+images we target do not have it) and has no Karras-to-flow mapping of the official kind; its flow-
+sigma UniPC equals ours to < 1e-6 per step (tests/test_solvers.py keeps that comparison).
 """
 from __future__ import annotations
 
@@ -56,6 +65,37 @@ def flow_sigmas(num_steps: int = DEFAULT_STEPS, shift: float = DEFAULT_SHIFT, *,
                          f"sigma_max={sigma_max!r} (sigma = 1 is pure noise, where the log-SNR is -inf)")
     base = torch.linspace(sigma_max, sigma_min, int(num_steps) + 1, dtype=torch.float64)[:-1]
     return torch.cat([shift_sigma(base, shift), base.new_zeros(1)])
+
+
+KARRAS_SIGMA_MAX, KARRAS_SIGMA_MIN, KARRAS_RHO = 200.0, 0.01, 7.0
+GRIDS = ("shifted", "karras")
+
+
+def karras_sigmas(num_steps: int = DEFAULT_STEPS) -> torch.Tensor:
+    """The official Karras/EDM grid in flow time (see the module docstring): num_steps + 2 float64
+    values, strictly decreasing, the last one 0 (num_steps + 1 solver steps)."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 1:
+        raise ValueError(f"karras_sigmas: num_steps must be an int >= 1, got {num_steps!r}")
+    ramp = torch.arange(int(num_steps) + 1, dtype=torch.float64) / int(num_steps)
+    lo, hi = KARRAS_SIGMA_MIN ** (1 / KARRAS_RHO), KARRAS_SIGMA_MAX ** (1 / KARRAS_RHO)
+    edm = (hi + ramp * (lo - hi)) ** KARRAS_RHO
+    return torch.cat([edm / (1 + edm), edm.new_zeros(1)])
+
+
+def sigma_grid(kind: str, num_steps: int = DEFAULT_STEPS, shift: float = DEFAULT_SHIFT) -> torch.Tensor:
+    """The sampling grid of a preset: "shifted" (flow_sigmas, shift applies) or "karras" (no shift)."""
+    if kind == "shifted":
+        return flow_sigmas(num_steps, shift)
+    if kind == "karras":
+        return karras_sigmas(num_steps)
+    raise ValueError(f"unknown sigma grid {kind!r}; expected one of {GRIDS}")
+
+
+def training_grid(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS, shift: float = DEFAULT_SHIFT) -> torch.Tensor:
+    """The official discrete training grid (float64, descending), the shift applied:
+    `shift(k / N)` for k = N, N−1, …, 1."""
+    n = int(num_train_timesteps)
+    return shift_sigma(torch.arange(n, 0, -1, dtype=torch.float64) / n, shift)
 
 
 def official_timesteps(sigmas: torch.Tensor | Sequence[float]) -> torch.Tensor:

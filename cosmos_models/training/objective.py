@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from cosmos_models.nets.vae import latent_frames as pixel_to_latent_frames
+from cosmos_models.sampling import solvers
 
 NUM_TRAIN_TIMESTEPS = 1000
 OFFICIAL_SHIFT = 5.0
@@ -50,10 +51,11 @@ TAILS = ("none", "top", "sigma")
 
 
 def shift_timesteps(t, shift: float):
-    """`β·t / (1 + (β − 1)·t)`: moves mass toward high noise for β > 1 (floats and tensors)."""
+    """`β·t / (1 + (β − 1)·t)`: moves mass toward high noise for β > 1 (floats and tensors); the same
+    shift as sampling's grids (cosmos_models.sampling.solvers.shift_sigma)."""
     if not (isinstance(shift, (int, float)) and not isinstance(shift, bool) and math.isfinite(shift) and shift > 0):
         raise ValueError(f"shift must be a finite number > 0, got {shift!r}")
-    return shift * t / (1 + (shift - 1) * t)
+    return solvers.shift_sigma(t, shift)
 
 
 def _check_generator(generator, who: str) -> None:
@@ -125,8 +127,7 @@ class TimestepSampler:
         `shift(k / N)` for k = N, N−1, …, 1."""
         if self.num_train_timesteps is None:
             raise ValueError("TimestepSampler.grid: this sampler is continuous (num_train_timesteps=None)")
-        n = self.num_train_timesteps
-        return shift_timesteps(torch.arange(n, 0, -1, dtype=torch.float64) / n, self.shift)
+        return solvers.training_grid(self.num_train_timesteps, self.shift)
 
     def sample_with_tail(self, batch: int, generator: torch.Generator, *, device=None,
                          dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
