@@ -20,12 +20,18 @@ if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; fi
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 BUDGET="${BUDGET_S:-460}"
+# The dry run checks the code paths and the schema on a CPU, not the GPU timing: a CPU (a CI runner
+# with 2 cores) needs several times a stage's GPU box for the imports, torch.compile and the tiny
+# shapes, so its boxes are DRY_SCALE (default 4) times longer. Before this a 20 s box failed the
+# dry run on a slow runner with nothing wrong in the code.
+DRY_SCALE="${DRY_SCALE:-4}"
 START=$(date +%s)
 LOG="$OUT/device_run.log"
 export PYTHONUNBUFFERED=1
 DRYFLAG=()
 if (( DRY )); then
     DRYFLAG=(--dry-run)
+    BUDGET=$(( BUDGET * DRY_SCALE ))
     unset TRITON_INTERPRET   # the dry run takes the reference backends on the CPU, as a user would
 fi
 exec > >(tee -a "$LOG") 2>&1
@@ -35,6 +41,7 @@ elapsed() { echo $(( $(date +%s) - START )); }
 # stage NAME LIMIT_S: run `python -m bench.device_run NAME` inside its time box (cut to what is left)
 stage() {
     local name=$1 limit=$2 left rc t0
+    (( DRY )) && limit=$(( limit * DRY_SCALE ))
     left=$(( BUDGET - $(elapsed) ))
     if (( left < 15 )); then
         echo "== $name: skipped, $(elapsed) s of the ${BUDGET} s budget used"
