@@ -141,19 +141,42 @@ def test_corrupt_and_short_files_are_skipped_with_one_warning(tmp_path, syntheti
         assert len(skipped(caught, name)) == 1, [str(w.message) for w in caught]
     assert "too short" in str(skipped(caught, "short.mp4")[0].message)
 
-    # without the probe a bad file is found when read: None, one warning however often it is read
+    # another dataset of this process over the same files (the latent cache, the image batches) says nothing new
     ctx, caught = record()
     try:
-        lazy = D.ClipDataset(tmp_path, num_frames=9, fps=16, resolution=(32, 32), text_len=4,
-                             extensions=(".mp4",), probe=False)
-        bad = lazy.files.index(str(tmp_path / "corrupt.mp4"))
-        short = lazy.files.index(str(tmp_path / "short.mp4"))
-        assert lazy[bad] is None and lazy[(1, bad)] is None and lazy[short] is None and lazy[short] is None
-        batches = [b for _, b in zip(range(3), D.ClipLoader(lazy, 5, shuffle=False))]
+        D.ClipDataset(tmp_path, num_frames=9, fps=16, resolution=(32, 32), text_len=4)
     finally:
         ctx.__exit__(None, None, None)
-    assert [b["video"].shape[0] for b in batches] == [2, 2, 2]  # 5 files, 3 bad: each batch 2 items
-    assert len(skipped(caught, "corrupt.mp4")) == 1 and len(skipped(caught, "short.mp4")) == 1
+    assert not [w for w in caught if issubclass(w.category, D.DataWarning)]
+
+    # without the probe a bad file is found when read: None, one warning however often it is read,
+    # also when DataLoader workers read it (each epoch has new workers; the main process warns)
+    again = tmp_path / "again"
+    again.mkdir()
+    for f in os.listdir(tmp_path):
+        if os.path.isfile(tmp_path / f):
+            os.link(tmp_path / f, again / f)
+    for workers in (0, 2):
+        folder = again / f"w{workers}"
+        folder.mkdir()
+        for f in os.listdir(again):
+            if os.path.isfile(again / f):
+                os.link(again / f, folder / f)
+        ctx, caught = record()
+        try:
+            lazy = D.ClipDataset(folder, num_frames=9, fps=16, resolution=(32, 32), text_len=4,
+                                 extensions=(".mp4",), probe=False)
+            if workers == 0:
+                bad = lazy.files.index(str(folder / "corrupt.mp4"))
+                short = lazy.files.index(str(folder / "short.mp4"))
+                assert lazy[bad] is None and lazy[(1, bad)] is None and lazy[short] is None and lazy[short] is None
+            batches = [b for _, b in zip(range(6), D.ClipLoader(lazy, 5, shuffle=False, num_workers=workers))]
+        finally:
+            ctx.__exit__(None, None, None)
+        assert [b["video"].shape[0] for b in batches] == [2] * 6  # 5 files, 3 bad: each batch 2 items
+        assert all("skipped" not in b for b in batches)
+        for name in ("corrupt.mp4", "short.mp4", "notext.mp4"):
+            assert len(skipped(caught, f"w{workers}/{name}")) == 1, (workers, [str(w.message) for w in caught])
 
 
 def test_cached_latents_skip_decoding(tmp_path):

@@ -15,9 +15,10 @@ time takes the nearest decoded frame, so 30 fps is thinned and 8 fps is repeated
 the aspect ratio kept until the frame covers the stage resolution, then center-cropped to it
 (`RESOLUTIONS`); float in [−1, 1], (3, T, H, W). Images are 1-frame clips (3, 1, H, W).
 
-A file that cannot be opened or decoded, or is shorter than a clip, is skipped with one
-`DataWarning` (once per file and process; files found bad when the dataset is built are dropped
-from it, so with DataLoader workers they still warn once).
+A file that cannot be opened or decoded, or is shorter than a clip, or a cached latent or text
+embedding that is unreadable or holds NaN/Inf, is skipped with one `DataWarning` (once per file and
+process, whichever dataset reads it; files found bad when the dataset is built are dropped from it;
+a file that fails in a DataLoader worker is reported to the main process, which warns once).
 
 Order and resume: `ShardedSampler` permutes the file list per epoch with (seed, epoch) and hands
 rank r every world_size-th entry; `ClipLoader` batches one rank's shard and counts the batches it
@@ -51,6 +52,9 @@ DEFAULT_NUM_FRAMES = 93
 DEFAULT_FPS = 16.0
 DEFAULT_TEXT_LEN = 512
 CLIP_STARTS = ("random", "start", "center")
+
+
+_WARNED: set[str] = set()  # the files this process has warned about (each once, whichever dataset read it)
 
 
 class DataWarning(UserWarning):
@@ -276,6 +280,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self._spans: dict[str, tuple[float, float]] = {}
         files = _find_files(root, tuple(e.lower() for e in extensions))
         self.files = [f for f in files if self._usable(f)] if probe else files
+        self.skipped = len(files) - len(self.files)  # files dropped at the start (each warned about)
         if not self.files:
             raise ValueError(f"ClipDataset: no usable files with extensions {tuple(extensions)} under {root!r}"
                              + (f" ({len(files)} skipped, see the warnings)" if files else ""))
@@ -285,8 +290,11 @@ class ClipDataset(torch.utils.data.Dataset):
 
     # -- checks ---------------------------------------------------------------------------------
     def _warn_once(self, path: str, why: str) -> None:
-        if path not in self._warned:
-            self._warned.add(path)
+        if path in self._warned:
+            return
+        self._warned.add(path)
+        if path not in _WARNED:  # another dataset of this process (the latent cache, images) may have said it
+            _WARNED.add(path)
             warnings.warn(f"skipping {path}: {why}", DataWarning, stacklevel=3)
 
     def _required_span(self) -> float:
@@ -349,9 +357,14 @@ class ClipDataset(torch.utils.data.Dataset):
                 if text_path is None:
                     raise ClipError("no text embedding")
                 item["text"] = fit_text(load_sidecar(text_path, "embedding"), self.text_len)
+                if not torch.isfinite(item["text"]).all():
+                    raise ClipError(f"its text embedding {text_path} holds NaN or Inf values")
             latent = self._latent(path)
             if latent is not None:
                 item["latent"] = latent.clone()
+                if not torch.isfinite(item["latent"]).all():
+                    raise ClipError(f"its cached latent {os.path.splitext(path)[0] + LATENT_SUFFIX} holds NaN or Inf "
+                                    "values (delete it to encode the video again)")
             else:
                 start = self.clip_start_time(path, epoch, index)
                 clip = decode_clip(path, self.num_frames, self.fps, self.size, start)
@@ -359,6 +372,10 @@ class ClipDataset(torch.utils.data.Dataset):
                 item["video"] = clip.to(self.dtype).div_(127.5).sub_(1)
             return item
         except ClipError as exc:
+            if torch.utils.data.get_worker_info() is not None:
+                # a DataLoader worker: its warnings would be repeated by the next epoch's workers, so
+                # the main process says it (ClipLoader), once
+                return {"skipped": path, "why": str(exc)}
             self._warn_once(path, str(exc))
             return None
 
@@ -376,10 +393,12 @@ def collate(items: Sequence[dict | None]) -> dict | None:
     """Stack items into a batch, dropping the None of skipped files (None if nothing is left).
     A batch holds one kind, all of one shape: videos, images (T = 1) or latents; joint image/video
     training alternates whole batches (`JointLoader`). Text is zero-padded to the longest in the batch.
-    Returns {"video" | "latent", "text"?, "path", "index", "is_image"}."""
-    items = [it for it in items if it is not None]
+    Returns {"video" | "latent", "text"?, "path", "index", "is_image"}, plus "skipped": [(path, why)]
+    of the files a DataLoader worker could not read (only that key if none could be read)."""
+    skipped = [(it["skipped"], it["why"]) for it in items if it is not None and "skipped" in it]
+    items = [it for it in items if it is not None and "skipped" not in it]
     if not items:
-        return None
+        return {"skipped": skipped} if skipped else None
     kind = "latent" if "latent" in items[0] else "video"
     for it in items:
         if kind not in it:
@@ -395,6 +414,8 @@ def collate(items: Sequence[dict | None]) -> dict | None:
     if "text" in items[0]:
         length = max(it["text"].shape[0] for it in items)
         batch["text"] = torch.stack([fit_text(it["text"], length) for it in items])
+    if skipped:
+        batch["skipped"] = skipped
     return batch
 
 
@@ -473,6 +494,39 @@ class ClipLoader:
                                  f"{mine}; an exact resume needs the same data order")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
+    def resharded(self, state: dict) -> dict:
+        """A state saved by a loader of another layout (world size, batch size), moved to this one:
+        the same epoch, and the position after the same number of the epoch's samples. A rank's
+        batch j of an epoch holds its shard's entries j·b … j·b + b − 1, i.e. permutation entries
+        (j·b + i)·W + rank: together the ranks' batch j is the epoch's samples j·b·W … (j + 1)·b·W − 1,
+        whatever the layout, so a position p of the old layout is p·b·W / (b'·W') in the new one.
+        Refused (ValueError) when that is not a whole number of batches, or the data differs."""
+        for key in ("seed", "size"):
+            if key in state and state[key] != self.state_dict()[key]:
+                raise ValueError(f"cannot resume the data position: the saved loader's {key} is {state[key]} but this "
+                                 f"one's is {self.state_dict()[key]} (another data folder or --seed)")
+        consumed = int(state["position"]) * int(state["batch_size"]) * int(state["world_size"])
+        per_batch = self.batch_size * self.sampler.world_size
+        if consumed % per_batch:
+            raise ValueError(f"cannot resume the data position on this layout: {consumed} samples of epoch "
+                             f"{state['epoch']} were consumed ({state['position']} batches of {state['batch_size']} on "
+                             f"{state['world_size']} data-parallel ranks), not a whole number of this run's global "
+                             f"batches of {per_batch} ({self.batch_size} x {self.sampler.world_size}); keep --batch x "
+                             "data-parallel ranks equal to the saved run's")
+        return {**state, "position": consumed // per_batch, "rank": self.sampler.rank,
+                "world_size": self.sampler.world_size, "batch_size": self.batch_size}
+
+    def adopted(self, state: dict) -> dict:
+        """A state saved with another data order (a changed --seed, data folder or global batch that
+        --allow-change accepted), as a state of this loader: the same epoch, and the same fraction of
+        it consumed (rounded down to a whole batch) in this loader's own order. Not an exact resume:
+        the order from here is this run's."""
+        consumed = int(state["position"]) * int(state["batch_size"]) * int(state["world_size"])
+        consumed = min(consumed, self.sampler.size)
+        fresh = self.state_dict()
+        return {**fresh, "epoch": int(state["epoch"]),
+                "position": consumed // (self.batch_size * self.sampler.world_size)}
+
     def _epoch_batches(self, keys: list[list[tuple[int, int]]]) -> Iterator[dict | None]:
         if self.num_workers == 0:
             for batch_keys in keys:
@@ -488,7 +542,9 @@ class ClipLoader:
             whole_epoch, yielded = self.position == 0, False
             for batch in self._epoch_batches(keys):
                 self.position += 1
-                if batch is not None:
+                for path, why in (batch or {}).pop("skipped", ()):
+                    self.dataset._warn_once(path, why)
+                if batch is not None and "index" in batch:
                     yielded = True
                     yield batch
             if whole_epoch and not yielded:
@@ -524,6 +580,15 @@ class JointLoader:
     def state_dict(self) -> dict:
         return {"step": self.step, "seed": self.seed, "image_prob": self.image_prob,
                 "video": self.video.state_dict(), "image": self.image.state_dict()}
+
+    def resharded(self, state: dict) -> dict:
+        """A state of another layout moved to this one (ClipLoader.resharded of both loaders)."""
+        return {**state, "video": self.video.resharded(state["video"]), "image": self.image.resharded(state["image"])}
+
+    def adopted(self, state: dict) -> dict:
+        """A state of another data order moved to this one (ClipLoader.adopted of both loaders)."""
+        return {**state, "seed": self.seed, "video": self.video.adopted(state["video"]),
+                "image": self.image.adopted(state["image"])}
 
     def load_state_dict(self, state: dict) -> None:
         self.video.load_state_dict(state["video"])
