@@ -237,14 +237,14 @@ def _check_row_size(op: str, backend: str, x: Tensor) -> None:
                          f"unless D is a multiple of {word} ({x.dtype})")
 
 
-def _prepare(op: str, backend, x: Tensor, *tokens: tuple[str, Tensor]) -> str:
-    """Common checks of the token tensors; returns the backend that runs."""
+def _check_token_inputs(op: str, x: Tensor, *tokens: tuple[str, Tensor]) -> None:
+    """Common checks of the token tensors (the backend is chosen after the device check, so a
+    tensor on another device is named as such, not reported as a backend that cannot run there)."""
     _check_tokens(op, "x", x)
     for name, t in tokens:
         _check_tokens(op, name, t)
         V.check_shape(op, name, t, tuple(x.shape))
     V.check_same_dtype(op, x=x, **dict(tokens))
-    return dispatch.backend_for(op, x, backend)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,9 +299,10 @@ def gated_residual(x: Tensor, y: Tensor, gate: Tensor, *, backend: str | None = 
     """x + gate * y with gate per latent frame: x, y (B, L, D); gate (B, T, D), (B, 1, D) or (B, D)
     in x's dtype or float32. Returns x's dtype."""
     op = "gated_residual"
-    backend = _prepare(op, backend, x, ("y", y))
+    _check_token_inputs(op, x, ("y", y))
     (gate,) = _modulation(op, x, gate=gate)
     V.check_same_device(op, x=x, y=y, gate=gate)
+    backend = dispatch.backend_for(op, x, backend)
     V.check_backend_dtype(op, backend, x)
     return _gated_residual(x, y, gate, backend)
 
@@ -380,10 +381,11 @@ def adaln_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1e-6, *
     same). Statistics in fp32. Returns x's dtype.
     """
     op = "adaln_modulate"
-    backend = _prepare(op, backend, x)
+    _check_token_inputs(op, x)
     shift, scale = _modulation(op, x, shift=shift, scale=scale)
     eps = V.check_real(op, "eps", eps, positive=True)
     V.check_same_device(op, x=x, shift=shift, scale=scale)
+    backend = dispatch.backend_for(op, x, backend)
     V.check_backend_dtype(op, backend, x)
     _check_row_size(op, backend, x)
     return _adaln_modulate(x, shift, scale, eps, backend)[0]
@@ -465,10 +467,11 @@ def gated_residual_adaln(x: Tensor, y: Tensor, gate: Tensor, shift: Tensor, scal
     x_new is rounded to x's dtype before it is normalized, as the unfused pair would store it.
     """
     op = "gated_residual_adaln"
-    backend = _prepare(op, backend, x, ("y", y))
+    _check_token_inputs(op, x, ("y", y))
     gate, shift, scale = _modulation(op, x, gate=gate, shift=shift, scale=scale)
     eps = V.check_real(op, "eps", eps, positive=True)
     V.check_same_device(op, x=x, y=y, gate=gate, shift=shift, scale=scale)
+    backend = dispatch.backend_for(op, x, backend)
     V.check_backend_dtype(op, backend, x)
     _check_row_size(op, backend, x)
     x_new, h, _, _ = _gated_residual_adaln(x, y, gate, shift, scale, eps, backend)
