@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import warnings
 
 COMMANDS = {
     "selfcheck": ("bench.kernels", "check and time every kernel against its reference on this device"),
@@ -22,9 +24,10 @@ COMMANDS = {
 
 
 # ValueError covers the library's argument checks and unreadable or mismatched weight files
-# (cosmos_models.nets.weight_files.WeightFileError); ImportError the missing optional packages
-EXPECTED_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError,
-                   ImportError)
+# (cosmos_models.nets.weight_files.WeightFileError); OSError the missing, unreadable or unwritable
+# files (a full disk too); ImportError the missing optional packages; RunError the failures of a run
+# (cosmos_models.errors: a folder in use, a changed config, divergence, lost processes, ...)
+EXPECTED_ERRORS = (ValueError, TypeError, OSError, ImportError)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -39,6 +42,29 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _rank() -> int:
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _data_warnings_as_lines(name: str):
+    """A skipped data file is one line (`cosmos train: warning: skipping PATH: why`), from rank 0 only
+    (every rank reads the same list of files); other warnings keep Python's format. Returns the
+    previous `warnings.showwarning` (main puts it back when the command ends)."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__name__ != "DataWarning":
+            return previous(message, category, filename, lineno, file, line)
+        if _rank() == 0:
+            print(f"cosmos {name}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+    return previous
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -50,16 +76,35 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     debug = "--debug" in rest
     rest = [a for a in rest if a != "--debug"]
+    previous_showwarning = _data_warnings_as_lines(name)
     try:
         module = importlib.import_module(COMMANDS[name][0])
         parser = argparse.ArgumentParser(prog=f"cosmos {name}", description=COMMANDS[name][1], allow_abbrev=False,
                                          epilog="--debug (any command): show the traceback of an error")
         module.add_arguments(parser)
         return int(module.run(parser.parse_args(rest)) or 0)
-    except EXPECTED_ERRORS as exc:
+    except BaseException as exc:
         # what a user can cause and fix (a bad value, a missing or unreadable file, a missing optional
-        # package): one line saying what and what to do; --debug for the traceback
-        if debug:
+        # package, a run folder in use, a diverged run, a full disk, out of GPU memory, a lost process):
+        # one line saying what and what to do; --debug for the traceback
+        from cosmos_models.errors import ProcessesLost, RunError, describe_oom, is_oom
+
+        if debug or isinstance(exc, SystemExit):
             raise
-        print(f"cosmos {name}: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+        if isinstance(exc, RunError):
+            if _rank() == 0 or isinstance(exc, ProcessesLost):  # each rank sees its own lost peers
+                print(f"cosmos {name}: {exc.prefix}{_one_line(exc)}", file=sys.stderr)
+            return exc.exit_code
+        if is_oom(exc):
+            print(f"cosmos {name}: error: {describe_oom(exc, name)}", file=sys.stderr)
+            return 2
+        if isinstance(exc, KeyboardInterrupt):
+            print(f"cosmos {name}: interrupted", file=sys.stderr)
+            return 130
+        if isinstance(exc, EXPECTED_ERRORS):
+            where = f" (rank {_rank()})" if _rank() else ""
+            print(f"cosmos {name}{where}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        raise
+    finally:
+        warnings.showwarning = previous_showwarning

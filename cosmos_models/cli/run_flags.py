@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 import cosmos_models as cm
+from cosmos_models.errors import ProcessesLost
 from cosmos_models.training import sac
 from cosmos_models.training.runner import PRECISIONS, RunConfig
 
@@ -48,7 +50,13 @@ def add_run_arguments(parser: argparse.ArgumentParser, d: RunConfig, *, what: st
     a("--cache-latents", action="store_true", help="encode and cache missing latents of --data first")
     a("--num-workers", type=int, default=d.num_workers, help="data-loader worker processes")
     a("--synthetic-clips", type=int, default=d.synthetic_clips, help="clips to generate when --data is omitted")
-    a("--dist-timeout", type=float, default=d.dist_timeout, help="collective timeout in seconds")
+    a("--dist-timeout", type=float, default=d.dist_timeout,
+      help="collective timeout in seconds: how long the processes wait for one that died or hangs")
+    a("--allow-change", action="append", default=[], metavar="KEY",
+      help="--resume: accept this change of the run's identity recorded in OUT/run.json (config, data, seed, "
+           "batch, resolution, frames, ...); repeatable")
+    a("--max-bad-steps", type=int, default=d.max_bad_steps,
+      help="skip at most this many steps in a row whose loss or gradient is not finite, then stop")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -59,14 +67,17 @@ def config_from_args(cls, args):
 
 
 def run_to_end(command: str, make_run, cfg) -> int:
-    """Build the run (a bad setting is one line and exit 2, not a traceback), train it, release it."""
-    try:
-        run = make_run(cfg)
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
-        print(f"cosmos {command}: error: {exc}", file=sys.stderr)
-        return 2
+    """Build the run, train it, release it. Expected failures (a bad setting, a folder in use, a
+    stop signal, divergence) propagate to the `cosmos` command, which prints them as one line."""
+    run = make_run(cfg)
     try:
         run.train()
+    except ProcessesLost as exc:
+        # another process is gone: tearing the process group down (or exiting the interpreter with
+        # gloo's threads waiting on it) can hang or abort, so say what happened and leave at once
+        print(f"cosmos {command}: error: {exc}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(exc.exit_code)
     except BaseException:
         run.close()
         raise

@@ -122,6 +122,14 @@ class Distiller(Run):
     def resolve(self, *, needs_data: bool = True) -> RunShape:
         return resolve_run(self.cfg, self.layout.device.type, needs_data=needs_data)
 
+    def recipe(self) -> dict:
+        return {"tangent_warmup": rcm_config(self.cfg, one_pass_jvp=True).tangent_warmup}
+
+    def identity(self) -> dict:
+        teacher = os.path.abspath(self.cfg.teacher)
+        size = os.path.getsize(teacher) if os.path.isfile(teacher) else None
+        return {**super().identity(), "teacher": {"path": teacher, "bytes": size}, "condition": self.cfg.condition}
+
     # ------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg, lay, r = self.cfg, self.layout, self.shape
@@ -210,24 +218,24 @@ class Distiller(Run):
         grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), math.inf)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if student_turn:
-            self.ema.update(self.student)
+        grad_norm = float(grad_norm)
         values = torch.stack([loss.detach().double().reshape(()),
                               *(v.double().mean() for v in metrics.values() if isinstance(v, Tensor))])
         dist.all_reduce(values)
         values = (values / lay.world).tolist()  # every rank of a cp group holds the same values
+        # a non-finite loss or gradient (global values: every rank decides alike) skips the update
+        skipped = not (math.isfinite(values[0]) and math.isfinite(grad_norm))
+        if not skipped:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        if student_turn and not skipped:
+            self.ema.update(self.student)
         self.step += 1
         names = [k for k, v in metrics.items() if isinstance(v, Tensor)]
         record = {"step": self.step, "kind": "student" if student_turn else "fake_score", "loss": values[0],
-                  **dict(zip(names, values[1:])), "grad_norm": float(grad_norm),
+                  **dict(zip(names, values[1:])), "grad_norm": grad_norm, "skipped": skipped,
                   "step_time_s": time.perf_counter() - start}
         record.update({k: v for k, v in metrics.items() if not isinstance(v, Tensor)})
-        if not math.isfinite(record["loss"]):
-            from cosmos_models.training import checkpointing
-            raise FloatingPointError(f"iteration {self.step}: the loss is {record['loss']}; stopping (the last "
-                                     f"checkpoint is {checkpointing.find_latest(self.ckpt_root)})")
         return record
 
     # ------------------------------------------------------------------------------------------ logs

@@ -9,6 +9,9 @@
     ema.py           power / constant EMA, sharded like the parameters
     optim.py         the AdamW recipe, clipping and the update
     checkpointing.py atomic DCP checkpoint folders with a `latest` pointer
+    run_folder.py    one run per folder: the lock, run.json (what the run was started with), drift checks
+    faults.py        signals (SIGTERM/SIGINT: checkpoint, then exit 143/130), bad steps, OOM and disk-full
+                     diagnosis, lost processes
 
 May import: cosmos_kernels, cosmos_models._deps, nets/, data/, sampling/. Nothing from distill/,
 perf/, cli/ or bench/.

@@ -184,6 +184,15 @@ class Trainer(Run):
         self.r = resolve(self.cfg, self.layout.device.type, needs_data=needs_data)
         return self.r
 
+    def recipe(self) -> dict:
+        return {"lr": self.r.lr, "warmup": self.r.warmup, "weight_decay": self.r.weight_decay}
+
+    def identity(self) -> dict:
+        cfg, r = self.cfg, self.r
+        images = {"image_prob": cfg.image_prob, "image_batch": r.image_batch * self.layout.dp_size,
+                  "image_data": None if cfg.image_data is None else os.path.abspath(cfg.image_data)}
+        return {**super().identity(), **(images if cfg.image_prob > 0 else {"image_prob": 0.0})}
+
     def build_loader(self, data_root: str):
         cfg, lay, r = self.cfg, self.layout, self.r
         return prepare.build_loader(self.model_cfg, data_root=data_root, size=r.size, num_frames=r.frames,
@@ -292,24 +301,27 @@ class Trainer(Run):
                 loss = self.flow.loss(pred, inputs)
             (loss * backward_scale).backward()
         lr = self.optimizer.param_groups[0]["lr"]
-        with self.range("optimizer"):
-            grad_norm = optim.clip_and_step(self.model, self.optimizer, cfg.grad_clip)
-            if hasattr(grad_norm, "full_tensor"):
-                grad_norm = grad_norm.full_tensor()
-            self.scheduler.step()
-        with self.range("ema"):
-            beta = self.ema.update(self.model)
         reduced = (loss.detach().double() * log_weight).reshape(1)
         dist.all_reduce(reduced)
         loss_value = float(reduced) / lay.dp_size
+        with self.range("optimizer"):
+            grad_norm = optim.clip(self.model, cfg.grad_clip)
+            # a non-finite loss or gradient (the same verdict on every rank: both are global) skips
+            # the update: weights, AdamW moments and EMA stay; the schedule advances with the step
+            skipped = not (math.isfinite(loss_value) and math.isfinite(grad_norm))
+            if not skipped:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+        beta = None
+        if not skipped:
+            with self.range("ema"):
+                beta = self.ema.update(self.model)
         self.step += 1
-        if not math.isfinite(loss_value):
-            from cosmos_models.training import checkpointing
-            raise FloatingPointError(f"step {self.step}: the loss is {loss_value}; stopping (the last checkpoint is "
-                                     f"{checkpointing.find_latest(self.ckpt_root)})")
         grid = tuple(x0.shape[2:])
         passes = len(extra["control_input"]) if isinstance(extra.get("control_input"), dict) else 1
-        return {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm), "ema_beta": beta,
+        return {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm, "ema_beta": beta,
+                "skipped": skipped,
                 "kind": "image" if is_image else "video", "step_time_s": time.perf_counter() - start,
                 "tokens": self._tokens(grid) * n_group * lay.dp_size,
                 "flops": self._flops(grid, n_group if mode == "cp" else n_local, lay.cp if cp_on else 1,
