@@ -19,6 +19,7 @@ COMMANDS = {
     "train": ("cosmos_models.cli.train", "flow-matching training (torchrun for several processes)"),
     "distill": ("cosmos_models.cli.distill", "rCM timestep distillation of a trained teacher"),
     "sample": ("cosmos_models.cli.sample", "generate videos (text/image/video2world, transfer, multiview, action)"),
+    "embed": ("cosmos_models.cli.embed", "prompts to text-embedding files (the Reason1 encoder)"),
     "mfu": ("cosmos_models.cli.mfu", "record / check MFU baselines"),
 }
 

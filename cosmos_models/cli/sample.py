@@ -1,6 +1,9 @@
 """`cosmos sample`: generate a video with `cosmos_models.sampling.sampler.Sampler` and write it as an mp4.
 
     cosmos sample --config tiny --checkpoint runs/tiny/ema.safetensors --out runs/tiny/sample.mp4
+    cosmos sample --checkpoint base/post-trained/81edfebe-..._ema_bf16.pt --vae tokenizer.pth \
+        --text-encoder Cosmos-Reason1-7B/ --prompt "a robot arm picks up a red cube" --out cube.mp4
+    cosmos sample --checkpoint ... --vae tokenizer.pth --spec assets/base/image2world.json --out outputs/
     cosmos sample --mode video2world --checkpoint base/post-trained/81edfebe-..._ema_bf16.pt \
         --vae tokenizer.pth --prompt-embedding prompt.pt --video input.mp4 --frames 181 --out long.mp4
     cosmos sample --mode transfer --checkpoint general/edge/61f5694b-..._ema_bf16.pt --video in.mp4 \
@@ -24,8 +27,18 @@ of its own checkpoint's branch (CKPT; default: the --checkpoint model's branch),
 forward; WEIGHT (default 1) times MASK (a video, a folder of frames, or .npy/.pt, white = apply) is
 mixed as officially (scalars as given; with a mask, capped to a sum of 1 at every position).
 
+Prompts (--prompt, --negative-prompt): embedded by Cosmos-Reason1-7B as officially (cosmos_models.nets.
+text_encoder): --text-encoder FOLDER, else $COSMOS_TEXT_ENCODER, else the Hugging Face cache (never a
+download); each embedding cached on disk, the encoder freed before the DiT is moved to the device.
+With guidance and no negative prompt, the preset's (the official default) is used.
+
+--spec FILE (cosmos_models.sampling.specs): the official inference JSON of Predict2.5 ("inference_type"
++ "samples"), Transfer2.5 (per-sample objects with control blocks), multiview (camera blocks), as a
+.json object or list or a .jsonl; the flags are the defaults of every entry. A bad entry fails alone
+(named, with its field); the exit code is the number of entries that failed.
+
 Without --checkpoint the config's network is randomly initialized (seeded, so a seed gives the same
-video every time), without --prompt-embedding a random embedding is used, and without --vae a randomly
+video every time), without a prompt a random embedding is used, and without --vae a randomly
 initialized VAE (the tiny one for tiny configs): all said loudly, so a tiny config runs end to end on a
 CPU in seconds as a pipeline check.
 """
@@ -35,12 +48,15 @@ import argparse
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 
 import torch
 
 from cosmos_kernels import use_backend
 from cosmos_models.cli.run_flags import add_kernel_backend
 from cosmos_models.nets.checkpoint import config_from_checkpoint, detect_config, read_state_dict, to_ours
+from cosmos_models.nets.text_encoder import ENV_CACHE, ENV_ENCODER, PromptEncoder, TextEncoderNotFound, \
+    locate_text_encoder
 from cosmos_models.sampling import presets
 from cosmos_models.sampling.sampler import CHUNK_CONDITIONING, MODES, SOLVERS, Sampler, SamplerWarning, \
     loud_warning, variant_modes
@@ -65,8 +81,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="sampling settings of a released checkpoint (default: recognized from the checkpoint file)")
     a("--vae", default=None, help="a diffusers AutoencoderKLWan folder or the official tokenizer.pth (WAN2.1). "
                                   "Without it: random init (the tiny VAE for tiny configs)")
-    a("--prompt-embedding", default=None, help=".pt/.safetensors/.npy text embedding (N, C)")
-    a("--negative-prompt-embedding", default=None, help="text embedding for the unconditional pass of guidance")
+    prompt = parser.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default=None, help="the text prompt (embedded by the Reason1 text encoder)")
+    prompt.add_argument("--prompt-embedding", default=None, help=".pt/.safetensors/.npy text embedding (N, C)")
+    negative = parser.add_mutually_exclusive_group()
+    negative.add_argument("--negative-prompt", default=None,
+                          help="text of the unconditional pass of guidance (default: the preset's, the official one)")
+    negative.add_argument("--negative-prompt-embedding", default=None,
+                          help="text embedding for the unconditional pass of guidance")
+    a("--text-encoder", default=None, metavar="FOLDER",
+      help=f"transformers folder of Cosmos-Reason1-7B (default: ${ENV_ENCODER}, else the Hugging Face cache; "
+           "never downloaded)")
+    a("--embedding-cache", default=None, metavar="DIR",
+      help=f"where prompt embeddings are cached (default: ${ENV_CACHE} or ~/.cache/cosmos-kernels/embeddings; "
+           "'none': no cache)")
     a("--image", nargs="+", default=None, help="conditioning image (image2world, action first frame); multiview: one per view")
     a("--video", nargs="+", default=None,
       help="video2world conditioning video / transfer input / action start; multiview: one per view")
@@ -100,7 +128,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--dtype", choices=DTYPES, default=None, help="model dtype (default: bf16 on GPU, fp32 on CPU)")
     add_kernel_backend(parser)
     a("--no-progress", action="store_true")
-    a("--out", required=True, help="output .mp4 (multiview: <stem>_view<i>.mp4 per view)")
+    a("--view-indices", type=int, nargs="+", default=None, metavar="CAMERA",
+      help="multiview: the camera index of each view (official: front_wide 0, cross_right 1, rear_right 2, rear 3, "
+           "rear_left 4, cross_left 5, front_tele 6; default 0, 1, ...)")
+    a("--spec", default=None, metavar="FILE",
+      help="a batch: .json / .jsonl of the official inference fields, one video per entry (see below); --out is "
+           "then a folder")
+    a("--out", required=True, help="output .mp4 (multiview: <stem>_view<i>.mp4 per view); with --spec a folder of "
+                                   "<name>.mp4. Each video gets a <stem>.json of the settings that made it")
 
 
 # ----------------------------------------------------------------------------- flags
@@ -155,7 +190,8 @@ def resolve_checkpoint(path: str | None) -> str | None:
 
 
 # ----------------------------------------------------------------------------- model, VAE, preset
-def _build_model(args, device, dtype, notes: list[str]):
+def _build_model(args, dtype, notes: list[str]):
+    """The network on the CPU (moved to the device once the text encoder is done with it)."""
     import cosmos_models as cm
 
     if args.student is not None:
@@ -171,7 +207,7 @@ def _build_model(args, device, dtype, notes: list[str]):
                      "no learnt content (a pipeline check).")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)  # a function of the inputs and --seed, run after run
-            return cm.build(cfg, device=device, dtype=dtype), "random init"
+            return cm.build(cfg, device="cpu", dtype=dtype), "random init"  # the same network on every device
     weights = read_state_dict(args.checkpoint, prefer_ema=True, notes=notes)
     name = args.config or config_from_checkpoint(args.checkpoint) or detect_config(weights)
     if name is None:
@@ -179,7 +215,7 @@ def _build_model(args, device, dtype, notes: list[str]):
                          f"(known: {cm.configs()})")
     model = cm.build(name, device="meta")
     cm.load_checkpoint(model, weights, prefer_ema=True)
-    return model.to(device=device, dtype=dtype), args.checkpoint
+    return model.to(dtype=dtype), args.checkpoint
 
 
 def _build_vae(args, cfg, device):
@@ -227,83 +263,257 @@ def run(args) -> int:
             return _run(args)
 
 
+# the per-video settings a spec entry may set (the rest of the flags are the batch's)
+PER_VIDEO = ("mode", "prompt", "prompt_embedding", "negative_prompt", "negative_prompt_embedding", "seed", "guidance",
+             "steps", "frames", "height", "width", "fps", "image", "video", "actions", "control", "control_video",
+             "edge_preset", "blur_preset", "condition_frames", "continuation_frames", "num_views", "view_indices")
+
+
+@dataclass
+class Job:
+    """One video: its name, where it came from, its settings (flag names) and its output path."""
+    name: str
+    origin: str
+    settings: argparse.Namespace
+    out: str
+    chunk_frames: int | None = None
+    error: str | None = None
+
+
+def _jobs(args) -> list[Job]:
+    if args.spec is None:
+        return [Job(os.path.splitext(os.path.basename(args.out))[0], "the command line", args, args.out)]
+    from cosmos_models.sampling.specs import SpecError, read_specs
+
+    jobs = []
+    for entry in read_specs(args.spec):
+        if isinstance(entry, SpecError):
+            jobs.append(Job("?", "", args, "", error=str(entry)))
+            continue
+        settings = argparse.Namespace(**vars(args))
+        chunk = entry.settings.pop("chunk_frames", None)
+        for key, value in entry.settings.items():
+            if key == "control":
+                value = [c if isinstance(c, tuple) else parse_control(c) for c in value]
+                settings.control_parsed = value
+                continue
+            if key == "control_video":
+                settings.control_video = [f"{k}={v}" for k, v in value.items()]
+                continue
+            setattr(settings, key, value)  # (an entry always sets prompt and prompt_embedding, one of them None)
+        jobs.append(Job(entry.name, entry.origin, settings, os.path.join(args.out, entry.name + ".mp4"), chunk))
+    return jobs
+
+
+def _job_controls(a):
+    return getattr(a, "control_parsed", None) or _controls(a.control)
+
+
+def _text_embeddings(jobs: list[Job], args, preset: presets.Preset, guidances: list[float], device) -> str:
+    """Each job's prompt and negative-prompt embeddings (set on job.settings as `context_embedding` /
+    `negative_embedding`): files as given, texts through the Reason1 encoder (cached on disk; all the batch's
+    texts in one go, and the encoder freed before returning, so the DiT never shares the GPU with
+    it). Without a negative one, guidance > 0 uses the preset's negative prompt (the official
+    default) when an encoder can be found. Returns a note for the summary line."""
+    wanted: dict[int, tuple[str | None, str | None]] = {}
+    for i, (job, guidance) in enumerate(zip(jobs, guidances)):
+        a = job.settings
+        negative = None
+        if guidance > 0 and a.negative_prompt_embedding is None:
+            negative = a.negative_prompt if a.negative_prompt is not None else preset.negative_prompt
+        a.negative_text = negative
+        wanted[i] = (a.prompt, negative)
+        a.context_embedding, a.negative_embedding = a.prompt_embedding, a.negative_prompt_embedding
+    texts = list(dict.fromkeys(t for pair in wanted.values() for t in pair if t is not None))
+    if not texts:
+        return ""
+    explicit = any(j.settings.prompt is not None or j.settings.negative_prompt is not None for j in jobs)
+    cache = args.embedding_cache
+    try:
+        encoder = PromptEncoder(args.text_encoder, device=device,
+                                cache_dir=False if cache is not None and cache.lower() == "none" else cache)
+    except TextEncoderNotFound:
+        if explicit or args.text_encoder is not None:
+            raise
+        # only the default negative prompt wanted: the sampler's random stand-in, said loudly
+        loud_warning("WARNING: no text encoder for the official default negative prompt; the unconditional pass "
+                     "uses a random embedding. Pass --text-encoder FOLDER or --negative-prompt-embedding FILE.")
+        for job in jobs:
+            job.settings.negative_text = None
+        return ""
+    embeddings = dict(zip(texts, encoder(texts)))
+    encoder.release()
+    for i, (prompt, negative) in wanted.items():
+        a = jobs[i].settings
+        if prompt is not None:
+            a.context_embedding = embeddings[prompt]
+        if negative is not None:
+            a.negative_embedding = embeddings[negative]
+    args.text_encoder_path = encoder.path
+    return f"text embedded by {encoder.path} ({encoder.hits} cached, {encoder.misses} computed)"
+
+
 def _check_args(args) -> None:
     """Argument errors before any model is built (a 2B network takes a while)."""
+    _check_settings(args)
+    if args.spec is None and not args.out.lower().endswith(".mp4"):
+        raise ValueError(f"--out must be an .mp4 path, got {args.out!r}")
+    if args.spec is not None and args.out.lower().endswith(".mp4"):
+        raise ValueError(f"--out with --spec is a folder (one <name>.mp4 per entry), got {args.out!r}")
+    for flag, path in (("--checkpoint", args.checkpoint), ("--student", args.student), ("--vae", args.vae),
+                       ("--spec", args.spec)):
+        if path is not None and not os.path.exists(path):
+            raise FileNotFoundError(f"{flag}: no file at {path!r}")
+    if args.prompt is not None or args.negative_prompt is not None or args.text_encoder is not None:
+        locate_text_encoder(args.text_encoder)  # a missing encoder is said before the network is built
+
+
+def _check_settings(a) -> None:
+    """The checks of one video's settings (the command line's, or a spec entry's)."""
     from cosmos_models.sampling.solvers import check_guidance
 
-    if args.guidance is not None:
-        check_guidance(args.guidance)
-    for flag, value in (("--steps", args.steps), ("--frames", args.frames), ("--num-views", args.num_views),
-                        ("--condition-frames", args.condition_frames)):
+    if a.guidance is not None:
+        check_guidance(a.guidance)
+    for flag, value in (("--steps", a.steps), ("--frames", a.frames), ("--num-views", a.num_views)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
-    if not args.out.lower().endswith(".mp4"):
-        raise ValueError(f"--out must be an .mp4 path, got {args.out!r}")
-    controls = _controls(args.control) or []
-    for flag, path in (("--checkpoint", args.checkpoint), ("--student", args.student), ("--vae", args.vae),
-                       ("--prompt-embedding", args.prompt_embedding),
-                       ("--negative-prompt-embedding", args.negative_prompt_embedding), ("--actions", args.actions),
-                       *(("--image", p) for p in args.image or ()), *(("--video", p) for p in args.video or ()),
-                       *((f"--control {c[0]}", c[1]) for c in controls), *((f"--control {c[0]} mask", c[3]) for c in controls)):
-        if path is not None and not os.path.exists(path):
+    if a.condition_frames is not None and a.condition_frames < 0:
+        raise ValueError(f"--condition-frames must be >= 0, got {a.condition_frames}")
+    controls = _job_controls(a) or []
+    for flag, path in (("--prompt-embedding", a.prompt_embedding),
+                       ("--negative-prompt-embedding", a.negative_prompt_embedding), ("--actions", a.actions),
+                       *(("--image", p) for p in a.image or ()), *(("--video", p) for p in a.video or ()),
+                       *((f"--control {c[0]}", c[1]) for c in controls),
+                       *((f"--control {c[0]} mask", c[3]) for c in controls)):
+        if path is not None and not isinstance(path, torch.Tensor) and not os.path.exists(path):
             raise FileNotFoundError(f"{flag}: no file at {path!r}")
 
 
 def _run(args) -> int:
     _check_args(args)
+    jobs = _jobs(args)
+    for job in jobs if args.spec is not None else ():  # (the command line's own were checked above)
+        if job.error is None:
+            try:
+                _check_settings(job.settings)
+            except (ValueError, OSError) as exc:
+                job.error = f"{job.origin}: {exc}"
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     notes: list[str] = []
-    model, model_source = _build_model(args, device, dtype, notes)
+    model, model_source = _build_model(args, dtype, notes)
     cfg = model.config
     preset, why = _preset(args, cfg)
     controls = _controls(args.control)
-    if controls is None and preset.control is not None and cfg.variant == "transfer":
-        controls = [(preset.control, None, 1.0, None)]
     _add_branches(model, controls, notes)
-    model = model.to(device=device, dtype=dtype)
     for note in notes:
         print(f"cosmos sample: {note}", file=sys.stderr)
-    mode = args.mode
-    if mode is None:
-        if cfg.variant != "predict":
-            mode = variant_modes(cfg)[0]
-        else:
-            mode = "video2world" if args.video else "image2world" if args.image else "text2world"
-    vae, vae_source = _build_vae(args, cfg, device)
     distilled = args.student is not None or preset.distilled
+    runnable = [j for j in jobs if j.error is None]
+    guidances = [0.0 if distilled else (preset.guidance if j.settings.guidance is None else j.settings.guidance)
+                 for j in runnable]
+    text_note = _text_embeddings(runnable, args, preset, guidances, device)
+    model = model.to(device=device, dtype=dtype)  # after the text encoder is freed: the peak is the DiT's
+    vae, vae_source = _build_vae(args, cfg, device)
     if distilled:
         from cosmos_models.distill.rcm import StudentSampler
         sampler = StudentSampler(model, vae, device=device, dtype=dtype)
     else:
         sampler = Sampler(model, vae, device=device, dtype=dtype)
+    context = dict(args=args, cfg=cfg, preset=preset, preset_why=why, distilled=distilled, sampler=sampler, device=device, dtype=dtype,
+                   model_source=model_source, vae_source=vae_source)
+    failed = [j for j in jobs if j.error is not None]
+    for job, guidance in zip(runnable, guidances):
+        if args.spec is None:  # one video: its errors are the command's (one line, exit 2)
+            _generate(job, guidance, context)
+            continue
+        try:
+            _generate(job, guidance, context)
+        except (ValueError, TypeError, OSError) as exc:
+            job.error = f"{job.origin}: {' '.join(str(exc).split())}"
+            failed.append(job)
+            print(f"cosmos sample: FAILED {job.error}", file=sys.stderr)
+    if text_note:
+        print(f"cosmos sample: {text_note}")
+    if args.spec is not None:
+        done = len(jobs) - len(failed)
+        print(f"cosmos sample: {done} of {len(jobs)} spec entries written to {args.out}"
+              + (f"; {len(failed)} failed:" if failed else ""))
+        for job in failed:
+            print(f"  {job.error}", file=sys.stderr)
+    return min(len(failed), 100)  # the exit code is the number of failed entries (0: all written)
+
+
+def _generate(job: Job, guidance: float, c: dict) -> None:
+    from cosmos_models.sampling import record
+
+    a, cfg, preset, distilled = job.settings, c["cfg"], c["preset"], c["distilled"]
+    if job.chunk_frames is not None and job.chunk_frames != cfg.num_frames:
+        raise ValueError(f"num_video_frames_per_chunk={job.chunk_frames}: this model ({cfg.name}) generates "
+                         f"{cfg.num_frames} frames per chunk")
+    controls = _job_controls(a)
+    if controls is None and preset.control is not None and cfg.variant == "transfer":
+        controls = [(preset.control, None, 1.0, None)]
+    mode = a.mode
+    if mode is None:
+        if cfg.variant != "predict":
+            mode = variant_modes(cfg)[0]
+        else:
+            mode = "video2world" if a.video else "image2world" if a.image else "text2world"
     single = mode != "multiview"
-    for flag, values in (("--image", args.image), ("--video", args.video)):
+    for flag, values in (("--image", a.image), ("--video", a.video)):
         if single and values is not None and len(values) > 1:
             raise ValueError(f"{flag} takes one path in {mode} mode (several only for multiview)")
-    image = args.image[0] if single and args.image else args.image
-    video = args.video[0] if single and args.video else args.video
-    steps = args.steps if args.steps is not None else (None if distilled and args.student else preset.steps)
-    guidance = 0.0 if distilled else (preset.guidance if args.guidance is None else args.guidance)
-    seed = preset.seed if args.seed is None else args.seed
-    cond_sigma = preset.condition_sigma if args.condition_sigma is None else (
-        None if args.condition_sigma < 0 else args.condition_sigma)
+    image = a.image[0] if single and a.image else a.image
+    video = a.video[0] if single and a.video else a.video
+    steps = a.steps if a.steps is not None else (None if distilled and a.student else preset.steps)
+    seed = preset.seed if a.seed is None else a.seed
+    cond_sigma = preset.condition_sigma if a.condition_sigma is None else (
+        None if a.condition_sigma < 0 else a.condition_sigma)
     control = None if controls is None else {n: (w, m) if m else w for n, _, w, m in controls}
+    grid = a.grid or preset.grid
+    shift = preset.shift if a.shift is None else a.shift
+    fps = a.fps or preset.fps
+    os.makedirs(os.path.dirname(os.path.abspath(job.out)), exist_ok=True)
+    sampler = c["sampler"]
     paths = sampler.generate(
-        mode, prompt_embedding=args.prompt_embedding, negative_prompt_embedding=args.negative_prompt_embedding,
+        mode, prompt_embedding=a.context_embedding, negative_prompt_embedding=a.negative_embedding,
         image=image, video=video, control=control,
-        control_videos=_pairs(args.control_video, "--control-video") or None, edge_preset=args.edge_preset,
-        blur_preset=args.blur_preset, actions=args.actions, num_views=args.num_views, num_frames=args.frames,
-        height=args.height, width=args.width, num_steps=steps, guidance_scale=None if distilled else guidance,
-        solver=args.solver, shift=preset.shift if args.shift is None else args.shift,
-        grid=args.grid or preset.grid, seed=seed, num_condition_frames=args.condition_frames,
-        continuation_frames=args.continuation_frames, chunk_conditioning=args.chunk_conditioning,
-        condition_sigma=cond_sigma, resize=args.resize, fps=args.fps or preset.fps,
-        progress=not args.no_progress, output=args.out)
-    kind = "rCM student steps" if distilled else f"{args.solver} steps ({args.grid or preset.grid} grid)"
-    print(f"cosmos sample: {mode} with {cfg.name} ({model_source}; VAE: {vae_source}) on {device} {dtype}, preset "
-          f"{preset.name} (from {why}), {len(sampler.last_run)} chunk(s) x {steps or 4} {kind}, guidance {guidance}, "
-          f"seed {seed}")
-    for path in paths if isinstance(paths, list) else [paths]:
+        control_videos=_pairs(a.control_video, "--control-video") or None, edge_preset=a.edge_preset,
+        blur_preset=a.blur_preset, actions=a.actions, num_views=a.num_views, view_indices=a.view_indices,
+        num_frames=a.frames, height=a.height, width=a.width, num_steps=steps,
+        guidance_scale=None if distilled else guidance, solver=a.solver, shift=shift, grid=grid, seed=seed,
+        num_condition_frames=a.condition_frames, continuation_frames=a.continuation_frames,
+        chunk_conditioning=a.chunk_conditioning, condition_sigma=cond_sigma, resize=a.resize, fps=fps,
+        progress=not a.no_progress, output=job.out)
+    args, device, dtype = c["args"], c["device"], c["dtype"]
+    kind = "rCM student steps" if distilled else f"{a.solver} steps ({grid} grid)"
+    print(f"cosmos sample: {job.name}: {mode} with {cfg.name} ({c['model_source']}; VAE: {c['vae_source']}) on "
+          f"{device} {dtype}, preset {preset.name} (from {c['preset_why']}), {len(sampler.last_run)} chunk(s) x {steps or 4} {kind}, "
+          f"guidance {guidance}, seed {seed}")
+    paths = paths if isinstance(paths, list) else [paths]
+    for path in paths:
         print(f"wrote {path}")
-    return 0
+    inputs = [p for p in ([*(a.image or ()), *(a.video or ())] + ([a.actions] if a.actions else [])) if p]
+    checkpoint = args.student or args.checkpoint
+    sidecar = record.write_record(job.out, {
+        "name": job.name, "origin": job.origin, "outputs": paths, "mode": mode, "config": cfg.name,
+        "checkpoint": None if args.student else args.checkpoint, "student": args.student,
+        "checkpoint_sha256": record.file_digest(checkpoint), "model": c["model_source"],
+        "preset": preset.name, "vae": args.vae, "vae_sha256": record.file_digest(args.vae), "vae_source": c["vae_source"],
+        "prompt": a.prompt, "prompt_embedding": a.prompt_embedding,
+        "negative_prompt": getattr(a, "negative_text", None), "negative_prompt_embedding": a.negative_prompt_embedding,
+        "text_encoder": getattr(args, "text_encoder_path", None) if a.prompt or getattr(a, "negative_text", None)
+        else None,
+        "image": list(a.image or []), "video": list(a.video or []), "actions": a.actions,
+        "inputs_sha256": {p: record.file_digest(p) for p in inputs},
+        "control": [{"modality": n, "checkpoint": ck, "weight": w, "mask": m} for n, ck, w, m in controls or []],
+        "control_video": _pairs(a.control_video, "--control-video"), "edge_preset": a.edge_preset,
+        "blur_preset": a.blur_preset, "num_views": a.num_views, "view_indices": a.view_indices,
+        "steps": steps, "guidance": guidance, "solver": a.solver, "grid": grid, "shift": shift, "seed": seed,
+        "condition_sigma": cond_sigma, "condition_frames": a.condition_frames,
+        "continuation_frames": a.continuation_frames, "chunk_conditioning": a.chunk_conditioning,
+        "frames": a.frames, "height": a.height, "width": a.width, "fps": fps, "resize": a.resize,
+        "device": str(device), "dtype": {v: k for k, v in DTYPES.items()}[dtype], "kernel_backend": args.kernel_backend,
+        "distilled": distilled})
+    print(f"wrote {sidecar}")

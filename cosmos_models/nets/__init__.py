@@ -9,6 +9,7 @@
     checkpoint.py   weight files: official / diffusers / our names, load strictly, save safetensors
     vae.py          the WAN2.1 VAE front end (diffusers AutoencoderKLWan + latent normalization)
     text.py         text embeddings: the Reason1 (Qwen2.5-VL) encoder and precomputed embeddings
+    text_encoder.py prompts to embeddings for users: find the encoder (never downloading), disk cache
 
 May import: cosmos_kernels, cosmos_models._deps, and each other. Nothing from data/, sampling/,
 training/, distill/, perf/, cli/ or bench/ (tests/test_import_graph.py enforces it).

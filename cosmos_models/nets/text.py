@@ -68,6 +68,14 @@ def prepare_embeddings(emb: Tensor, config=None, length: int | None = None) -> T
     return pad_or_truncate(emb, length or TEXT_LEN)
 
 
+def _version_at_least(version: str, wanted: tuple[int, ...]) -> bool:
+    parts = []
+    for piece in version.split(".")[:len(wanted)]:
+        digits = "".join(ch for ch in piece if ch.isdigit()) or "0"
+        parts.append(int(digits))
+    return tuple(parts) >= wanted
+
+
 class Reason1Encoder:
     """Prompt -> official multi-layer embedding (B, 512, 100352) with a local Cosmos-Reason1 checkpoint.
 
@@ -86,23 +94,35 @@ class Reason1Encoder:
         self.device = torch.device(device)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_path or model_path,
                                                                     local_files_only=local_files_only)
-        self.model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            model_path, torch_dtype=dtype, local_files_only=local_files_only).to(self.device).eval()
+        # transformers 4.56 renamed from_pretrained's torch_dtype to dtype (the old name warns in 5.x)
+        spelling = "dtype" if _version_at_least(transformers.__version__, (4, 56)) else "torch_dtype"
+        bars = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()  # one bar per weight shard is noise in a batch
+        try:
+            self.model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
+                model_path, local_files_only=local_files_only, **{spelling: dtype}).to(self.device).eval()
+        finally:
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
 
-    def _tokens(self, prompt: str) -> Tensor:
-        conversation = [
-            {"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
-            {"role": "user", "content": [{"type": "text", "text": prompt}]},
-        ]
-        ids = self.tokenizer.apply_chat_template(conversation, tokenize=True, add_generation_prompt=False,
-                                                 add_vision_id=False, max_length=self.max_length, truncation=True,
-                                                 padding="max_length")
-        ids = ids["input_ids"] if not isinstance(ids, list) and "input_ids" in ids else ids
-        return torch.as_tensor(ids, dtype=torch.long)
+    def _tokens(self, prompt: str) -> list[int]:
+        """The official tokenization: the chat template (system + user turn, no generation prompt)
+        as text, tokenized unpadded, then padded with the pad token / truncated to max_length."""
+        conversation = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
+        chat = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=False)
+        ids = list(self.tokenizer(chat)["input_ids"])[:self.max_length]
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            raise ValueError("the text encoder's tokenizer has no pad token (the official embedding pads with it)")
+        return ids + [pad] * (self.max_length - len(ids))
 
     @torch.no_grad()
     def __call__(self, prompts: str | Sequence[str]) -> Tensor:
+        """(B, max_length, layers * hidden) float32 for B prompts."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        ids = torch.stack([self._tokens(p) for p in prompts]).to(self.device)
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise TypeError(f"prompt {i} must be a str, got {type(p).__name__}")
+        ids = torch.tensor([self._tokens(p) for p in prompts], dtype=torch.long, device=self.device)
         hidden = self.model(ids, output_hidden_states=True).hidden_states
         return pad_or_truncate(normalize_layers(hidden[1:]), self.max_length)

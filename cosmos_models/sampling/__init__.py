@@ -4,6 +4,9 @@
     sampler.py      Sampler: Text2World, Image2World, Video2World, Transfer, multiview, action, long
                     videos in chunks, VAE decode, mp4 out
     control.py      Transfer2.5 control inputs (edge, blur computed; depth, seg given) and weight maps
+    presets.py      how each released checkpoint samples (σ grid, steps, guidance, negative prompt, ...)
+    specs.py        batch specs: the official inference JSON of every mode, one entry per video
+    record.py       the sidecar JSON of a video: every setting and file hash that made it
 
 May import: cosmos_kernels, cosmos_models._deps, nets/, data/. Nothing from training/, distill/,
 perf/, cli/ or bench/.
