@@ -59,7 +59,7 @@ from cosmos_models.nets.text_encoder import ENV_CACHE, ENV_ENCODER, PromptEncode
     locate_text_encoder
 from cosmos_models.sampling import presets
 from cosmos_models.sampling.sampler import CHUNK_CONDITIONING, MODES, SOLVERS, Sampler, SamplerWarning, \
-    loud_warning, variant_modes
+    loud_warning, pixel_chunk_plan, variant_modes
 from cosmos_models.sampling.solvers import GRIDS
 from cosmos_models.training.checkpointing import find_latest
 
@@ -92,6 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--text-encoder", default=None, metavar="FOLDER",
       help=f"transformers folder of Cosmos-Reason1-7B (default: ${ENV_ENCODER}, else the Hugging Face cache; "
            "never downloaded)")
+    a("--text-encoder-device", default=None, metavar="DEVICE",
+      help="where the text encoder runs (default: the sampling device; 'cpu' keeps its 17 GB off the GPU)")
     a("--embedding-cache", default=None, metavar="DIR",
       help=f"where prompt embeddings are cached (default: ${ENV_CACHE} or ~/.cache/cosmos-kernels/embeddings; "
            "'none': no cache)")
@@ -131,6 +133,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--view-indices", type=int, nargs="+", default=None, metavar="CAMERA",
       help="multiview: the camera index of each view (official: front_wide 0, cross_right 1, rear_right 2, rear 3, "
            "rear_left 4, cross_left 5, front_tele 6; default 0, 1, ...)")
+    a("--offload", action="store_true",
+      help="keep one network on the device at a time (DiT while denoising, VAE while encoding/decoding; the text "
+           "encoder is always freed first): the peak is the larger network's, at the cost of the moves")
+    a("--vae-tile", default=None, metavar="PIXELS[:STRIDE]",
+      help="VAE encode/decode in overlapping spatial tiles (seams blended; stride default 3/4 of a tile), e.g. 256")
+    a("--dry-run", action="store_true",
+      help="print the estimated FLOPs and peak device memory of each video (cosmos_models.sampling.estimate) and exit")
+    a("--parallel", choices=("context", "batch"), default=None,
+      help="under torchrun: 'context' (default) samples each video on all ranks with Ulysses context parallelism; "
+           "'batch' deals the --spec entries out to the ranks")
     a("--spec", default=None, metavar="FILE",
       help="a batch: .json / .jsonl of the official inference fields, one video per entry (see below); --out is "
            "then a folder")
@@ -257,7 +269,8 @@ def _add_branches(model, controls, notes: list[str]) -> None:
 def run(args) -> int:
     with warnings.catch_warnings():
         # the loud warnings as plain text on stderr, every time (not Python's file:line form)
-        warnings.simplefilter("always", SamplerWarning)
+        # (said by rank 0 only: every rank of a torchrun sample has the same inputs)
+        warnings.simplefilter("always" if os.environ.get("RANK", "0") == "0" else "ignore", SamplerWarning)
         warnings.showwarning = lambda message, *rest, **kw: print(message, file=sys.stderr)
         with use_backend(args.kernel_backend):
             return _run(args)
@@ -330,7 +343,7 @@ def _text_embeddings(jobs: list[Job], args, preset: presets.Preset, guidances: l
     explicit = any(j.settings.prompt is not None or j.settings.negative_prompt is not None for j in jobs)
     cache = args.embedding_cache
     try:
-        encoder = PromptEncoder(args.text_encoder, device=device,
+        encoder = PromptEncoder(args.text_encoder, device=args.text_encoder_device or device,
                                 cache_dir=False if cache is not None and cache.lower() == "none" else cache)
     except TextEncoderNotFound:
         if explicit or args.text_encoder is not None:
@@ -358,6 +371,8 @@ def _check_args(args) -> None:
     _check_settings(args)
     if args.spec is None and not args.out.lower().endswith(".mp4"):
         raise ValueError(f"--out must be an .mp4 path, got {args.out!r}")
+    if args.parallel == "batch" and args.spec is None:
+        raise ValueError("--parallel batch deals out the entries of a --spec; one video uses --parallel context")
     if args.spec is not None and args.out.lower().endswith(".mp4"):
         raise ValueError(f"--out with --spec is a folder (one <name>.mp4 per entry), got {args.out!r}")
     for flag, path in (("--checkpoint", args.checkpoint), ("--student", args.student), ("--vae", args.vae),
@@ -390,6 +405,8 @@ def _check_settings(a) -> None:
 
 
 def _run(args) -> int:
+    from cosmos_models.sampling.parallel import join
+
     _check_args(args)
     jobs = _jobs(args)
     for job in jobs if args.spec is not None else ():  # (the command line's own were checked above)
@@ -398,32 +415,123 @@ def _run(args) -> int:
                 _check_settings(job.settings)
             except (ValueError, OSError) as exc:
                 job.error = f"{job.origin}: {exc}"
+    if args.dry_run:
+        return _dry_run(args, jobs)
+    group = join(args.device, args.parallel)
+    try:
+        return _run_in(args, jobs, group)
+    finally:
+        group.close()
+
+
+def _vae_tile(spec: str | None) -> tuple[int, int | None] | None:
+    if spec is None:
+        return None
+    tile, _, stride = spec.partition(":")
+    try:
+        return int(tile), (int(stride) if stride else None)
+    except ValueError:
+        raise ValueError(f"--vae-tile {spec!r}: expected PIXELS or PIXELS:STRIDE (integers)") from None
+
+
+def _dry_run(args, jobs: list[Job]) -> int:
+    """The estimate of every video, from the config alone (no weights are loaded unless the config can
+    only be found from their shapes)."""
+    import cosmos_models as cm
+    from cosmos_models.nets.vae import TINY_CONFIG, WAN21_CONFIG
+    from cosmos_models.sampling.estimate import estimate
+
+    args.checkpoint = resolve_checkpoint(args.student or args.checkpoint)
+    name = args.config or (config_from_checkpoint(args.checkpoint) if args.checkpoint else None)
+    if name is None and args.checkpoint is not None:
+        name = detect_config(read_state_dict(args.checkpoint, prefer_ema=True, notes=[]))
+    if name is None:
+        raise ValueError(f"--dry-run needs --config or a checkpoint whose config can be found; known: {cm.configs()}")
+    cfg = cm.get_config(name)
+    preset, why = _preset(args, cfg)
+    distilled = args.student is not None or preset.distilled
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cp = world if args.parallel != "batch" else 1
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    tile = _vae_tile(args.vae_tile)
+    vae_config = TINY_CONFIG if cfg.name.startswith("tiny") else WAN21_CONFIG
+    print(f"cosmos sample --dry-run: {cfg.name}, preset {preset.name} (from {why}), {dtype}, "
+          f"{'context parallel over ' + str(cp) + ' ranks' if cp > 1 else 'one device'}"
+          + (", offload" if args.offload else "") + (f", VAE tiles of {tile[0]} px" if tile else ""))
+    for job in jobs:
+        if job.error is not None:
+            print(f"  {job.error}")
+            continue
+        a = job.settings
+        guidance = 0.0 if distilled else (preset.guidance if a.guidance is None else a.guidance)
+        steps = a.steps if a.steps is not None else (4 if distilled and args.student else preset.steps)
+        total = a.frames or cfg.num_frames
+        chunk = min(total, cfg.num_frames)
+        chunks = 1 if total <= cfg.num_frames else len(pixel_chunk_plan(total, cfg.num_frames, 0,
+                                                                          _pixel_overlap(a.continuation_frames)))
+        controls = _job_controls(a) or []
+        est = estimate(cfg, frames=chunk if cfg.variant in ("predict", "transfer") else None, height=a.height,
+                       width=a.width, steps=steps, grid=a.grid or preset.grid,
+                       shift=preset.shift if a.shift is None else a.shift, guidance=guidance, chunks=chunks,
+                       dtype=dtype, cp=cp, control_passes=max(1, len(controls)), distilled=distilled,
+                       offload=args.offload, vae_config=vae_config, vae_tile=tile[0] if tile else None,
+                       encodes_text=(a.prompt is not None or (guidance > 0 and a.negative_prompt_embedding is None))
+                       and torch.device(args.text_encoder_device or device).type != "cpu")
+        print(f"{job.name}: {total} frames in {chunks} chunk(s), {steps} steps, guidance {guidance:g}")
+        for line in est.lines():
+            print(f"  {line}")
+    return 0
+
+
+def _pixel_overlap(latent_frames: int) -> int:
+    from cosmos_models.nets.vae import pixel_frames
+
+    return pixel_frames(latent_frames) if latent_frames > 0 else 0
+
+
+def _run_in(args, jobs: list[Job], group) -> int:
+    device = group.device
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    lead = group.rank == 0  # says what the run does (every rank of a context-parallel run does the same)
     notes: list[str] = []
     model, model_source = _build_model(args, dtype, notes)
     cfg = model.config
     preset, why = _preset(args, cfg)
     controls = _controls(args.control)
     _add_branches(model, controls, notes)
-    for note in notes:
+    for note in notes if lead else ():
         print(f"cosmos sample: {note}", file=sys.stderr)
     distilled = args.student is not None or preset.distilled
     runnable = [j for j in jobs if j.error is None]
     guidances = [0.0 if distilled else (preset.guidance if j.settings.guidance is None else j.settings.guidance)
                  for j in runnable]
-    text_note = _text_embeddings(runnable, args, preset, guidances, device)
-    model = model.to(device=device, dtype=dtype)  # after the text encoder is freed: the peak is the DiT's
-    vae, vae_source = _build_vae(args, cfg, device)
+    # rank 0 embeds the texts first and fills the disk cache; the other ranks then read it
+    if not lead:
+        group.barrier()
+    try:
+        text_note = _text_embeddings(runnable, args, preset, guidances, device)
+    finally:
+        if lead:  # also when it failed: the other ranks then try (and fail) on their own, not wait forever
+            group.barrier()
+    if not args.offload:  # (with it the Sampler keeps each network in host memory until it is needed)
+        model = model.to(device=device, dtype=dtype)  # after the text encoder is freed: the peak is the DiT's
+    group.context_parallel(model)
+    vae, vae_source = _build_vae(args, cfg, "cpu" if args.offload else device)
+    tile = _vae_tile(args.vae_tile)
+    if tile is not None:
+        vae.enable_tiling(*tile)
     if distilled:
         from cosmos_models.distill.rcm import StudentSampler
-        sampler = StudentSampler(model, vae, device=device, dtype=dtype)
+        sampler = StudentSampler(model, vae, device=device, dtype=dtype, offload=args.offload)
     else:
-        sampler = Sampler(model, vae, device=device, dtype=dtype)
-    context = dict(args=args, cfg=cfg, preset=preset, preset_why=why, distilled=distilled, sampler=sampler, device=device, dtype=dtype,
-                   model_source=model_source, vae_source=vae_source)
+        sampler = Sampler(model, vae, device=device, dtype=dtype, offload=args.offload)
+    context = dict(args=args, cfg=cfg, preset=preset, preset_why=why, distilled=distilled, sampler=sampler,
+                   device=device, dtype=dtype, model_source=model_source, vae_source=vae_source, group=group)
     failed = [j for j in jobs if j.error is not None]
-    for job, guidance in zip(runnable, guidances):
+    for index, (job, guidance) in enumerate(zip(runnable, guidances)):
+        if not group.mine(index):
+            continue
         if args.spec is None:  # one video: its errors are the command's (one line, exit 2)
             _generate(job, guidance, context)
             continue
@@ -432,16 +540,23 @@ def _run(args) -> int:
         except (ValueError, TypeError, OSError) as exc:
             job.error = f"{job.origin}: {' '.join(str(exc).split())}"
             failed.append(job)
-            print(f"cosmos sample: FAILED {job.error}", file=sys.stderr)
-    if text_note:
+            if group.writes:
+                print(f"cosmos sample: FAILED {job.error}", file=sys.stderr)
+    if text_note and lead:
         print(f"cosmos sample: {text_note}")
-    if args.spec is not None:
-        done = len(jobs) - len(failed)
-        print(f"cosmos sample: {done} of {len(jobs)} spec entries written to {args.out}"
-              + (f"; {len(failed)} failed:" if failed else ""))
+    if args.spec is None:
+        return 0
+    # batch mode: each rank knows its own failures (and every rank the spec's unreadable entries)
+    unreadable = sum(1 for j in jobs if j.error is not None and j not in runnable)
+    ran_failed = len(failed) - unreadable
+    total_failed = unreadable + (group.total(ran_failed) if group.mode == "batch" else ran_failed)
+    if lead:
+        print(f"cosmos sample: {len(jobs) - total_failed} of {len(jobs)} spec entries written to {args.out}"
+              + (f" by {group.world} ranks ({group.mode} parallel)" if group.world > 1 else "")
+              + (f"; {total_failed} failed:" if total_failed else ""))
         for job in failed:
             print(f"  {job.error}", file=sys.stderr)
-    return min(len(failed), 100)  # the exit code is the number of failed entries (0: all written)
+    return min(total_failed, 100)  # the exit code is the number of failed entries (0: all written)
 
 
 def _generate(job: Job, guidance: float, c: dict) -> None:
@@ -474,7 +589,9 @@ def _generate(job: Job, guidance: float, c: dict) -> None:
     grid = a.grid or preset.grid
     shift = preset.shift if a.shift is None else a.shift
     fps = a.fps or preset.fps
-    os.makedirs(os.path.dirname(os.path.abspath(job.out)), exist_ok=True)
+    group = c["group"]
+    if group.writes:
+        os.makedirs(os.path.dirname(os.path.abspath(job.out)), exist_ok=True)
     sampler = c["sampler"]
     paths = sampler.generate(
         mode, prompt_embedding=a.context_embedding, negative_prompt_embedding=a.negative_embedding,
@@ -485,12 +602,15 @@ def _generate(job: Job, guidance: float, c: dict) -> None:
         guidance_scale=None if distilled else guidance, solver=a.solver, shift=shift, grid=grid, seed=seed,
         num_condition_frames=a.condition_frames, continuation_frames=a.continuation_frames,
         chunk_conditioning=a.chunk_conditioning, condition_sigma=cond_sigma, resize=a.resize, fps=fps,
-        progress=not a.no_progress, output=job.out)
+        progress=not a.no_progress and group.writes, output=job.out if group.writes else "tensor")
+    if not group.writes:
+        return  # a context-parallel rank other than 0: the same video, written by rank 0
     args, device, dtype = c["args"], c["device"], c["dtype"]
     kind = "rCM student steps" if distilled else f"{a.solver} steps ({grid} grid)"
     print(f"cosmos sample: {job.name}: {mode} with {cfg.name} ({c['model_source']}; VAE: {c['vae_source']}) on "
           f"{device} {dtype}, preset {preset.name} (from {c['preset_why']}), {len(sampler.last_run)} chunk(s) x {steps or 4} {kind}, "
-          f"guidance {guidance}, seed {seed}")
+          f"guidance {guidance}, seed {seed}" + (f", {group.world} ranks context parallel" if group.mode == "context"
+                                                 else f", rank {group.rank} of {group.world}" if group.world > 1 else ""))
     paths = paths if isinstance(paths, list) else [paths]
     for path in paths:
         print(f"wrote {path}")
@@ -515,5 +635,5 @@ def _generate(job: Job, guidance: float, c: dict) -> None:
         "continuation_frames": a.continuation_frames, "chunk_conditioning": a.chunk_conditioning,
         "frames": a.frames, "height": a.height, "width": a.width, "fps": fps, "resize": a.resize,
         "device": str(device), "dtype": {v: k for k, v in DTYPES.items()}[dtype], "kernel_backend": args.kernel_backend,
-        "distilled": distilled})
+        "distilled": distilled, "ranks": group.world, "parallel": group.mode})
     print(f"wrote {sidecar}")

@@ -553,8 +553,8 @@ class StudentSampler(Sampler):
     Conditioning frames are held at gt with the official conditioning timestep."""
 
     def __init__(self, model: nn.Module, vae: nn.Module | None = None, *, device=None, dtype=None,
-                 mid_t: Sequence[float] | None = None, sigma_max: float = DEFAULT_SIGMA_MAX):
-        super().__init__(model, vae, device=device, dtype=dtype)
+                 mid_t: Sequence[float] | None = None, sigma_max: float = DEFAULT_SIGMA_MAX, offload: bool = False):
+        super().__init__(model, vae, device=device, dtype=dtype, offload=offload)
         self.mid_t, self.sigma_max = mid_t, sigma_max
 
     def generate(self, mode: str = "text2world", *, num_steps: int | None = None, guidance_scale: float | None = None,
@@ -575,6 +575,7 @@ class StudentSampler(Sampler):
         """Latents (1, 16, T, h, w) fp32 of one few-step run (solver, shift and grid do not apply)."""
         cfg = self.config
         T, h, w = latent_shape
+        self._use("dit")
         noise = torch.randn((1, cfg.latent_channels, T, h, w), generator=generator, device=generator.device,
                             dtype=torch.float32).to(self.device)
         cond = None

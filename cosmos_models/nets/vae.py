@@ -117,6 +117,27 @@ class WanVAE(nn.Module):
         std = getattr(cfg, "latents_std", None) or LATENTS_STD
         return cls(ae, mean, std)
 
+    def enable_tiling(self, tile: int = 256, stride: int | None = None) -> WanVAE:
+        """Encode and decode in overlapping spatial tiles of `tile` pixels, `stride` apart (default
+        3/4 of a tile), their seams blended linearly (diffusers' AutoencoderKLWan tiling): the working
+        set is a tile's, not the frame's. Time is always processed in the causal VAE's own chunks (1,
+        then 4 frames, with its feature cache), so a long video never needs all its frames at once."""
+        stride = tile * 3 // 4 if stride is None else stride
+        for name, value in (("tile", tile), ("stride", stride)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < SPATIAL_COMPRESSION \
+                    or value % SPATIAL_COMPRESSION:
+                raise ValueError(f"VAE tiling: {name}={value!r} must be a positive multiple of {SPATIAL_COMPRESSION} "
+                                 "pixels")
+        if stride > tile:
+            raise ValueError(f"VAE tiling: stride={stride} must be <= tile={tile} (tiles overlap to blend their seams)")
+        self.autoencoder.enable_tiling(tile_sample_min_height=tile, tile_sample_min_width=tile,
+                                       tile_sample_stride_height=stride, tile_sample_stride_width=stride)
+        return self
+
+    def disable_tiling(self) -> WanVAE:
+        self.autoencoder.disable_tiling()
+        return self
+
     def _dtype(self) -> torch.dtype:
         return next(self.autoencoder.parameters()).dtype
 

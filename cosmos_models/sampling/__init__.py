@@ -7,6 +7,8 @@
     presets.py      how each released checkpoint samples (σ grid, steps, guidance, negative prompt, ...)
     specs.py        batch specs: the official inference JSON of every mode, one entry per video
     record.py       the sidecar JSON of a video: every setting and file hash that made it
+    parallel.py     several processes: Ulysses context parallel per video, or a batch dealt out
+    estimate.py     FLOPs and peak device memory of a run before it runs (--dry-run)
 
 May import: cosmos_kernels, cosmos_models._deps, nets/, data/. Nothing from training/, distill/,
 perf/, cli/ or bench/.

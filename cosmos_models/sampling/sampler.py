@@ -282,7 +282,7 @@ class Sampler:
     fp32."""
 
     def __init__(self, model: nn.Module, vae: nn.Module | None = None, *, device=None,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, offload: bool = False):
         config = getattr(model, "config", None)
         if not isinstance(config, DiTConfig):
             raise TypeError(f"model must be a cosmos_models network (with a DiTConfig .config), got "
@@ -292,10 +292,29 @@ class Sampler:
         self.dtype = dtype or first.dtype
         if not self.dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating point dtype, got {self.dtype}")
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.offload = bool(offload)
+        # offload: one network on the device at a time (the DiT for denoising, the VAE for encoding and
+        # decoding), the other in host memory, so the peak is the larger of the two, not their sum
+        home = torch.device("cpu") if self.offload else self.device
+        self.model = model.to(device=home, dtype=self.dtype).eval()
         self.config: DiTConfig = config
-        self.vae = vae.to(self.device).eval() if vae is not None else None
+        self.vae = vae.to(home).eval() if vae is not None else None
+        self.resident: str | None = None  # offload: "dit" or "vae", the one on the device now
+        self.moves: list[str] = []          # offload: the order of the moves (what a test looks at)
         self.last_run: list[ChunkRecord] = []
+
+    def _use(self, which: str) -> None:
+        """Offload: put `which` ("dit" or "vae") on the device and the other in host memory."""
+        if not self.offload or self.resident == which:
+            return
+        keep, away = (self.model, self.vae) if which == "dit" else (self.vae, self.model)
+        if away is not None:
+            away.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        keep.to(self.device)
+        self.resident = which
+        self.moves.append(which)
 
     # -- VAE ------------------------------------------------------------------------------------
     def _need_vae(self, why: str) -> nn.Module:
@@ -305,11 +324,15 @@ class Sampler:
 
     def encode(self, video: Tensor) -> Tensor:
         """(3, 4k+1, H, W) pixels in [-1, 1] -> normalized latents (1, 16, k+1, H/8, W/8) fp32."""
-        return self._need_vae("encoding pixels").encode(video[None].to(self.device)).float()
+        vae = self._need_vae("encoding pixels")
+        self._use("vae")
+        return vae.encode(video[None].to(self.device)).float()
 
     def decode(self, latents: Tensor) -> Tensor:
         """(1, 16, k+1, h, w) latents -> (3, 4k+1, 8h, 8w) pixels in [-1, 1] fp32 (on the CPU)."""
-        return self._need_vae("decoding to pixels").decode(latents.to(self.device))[0].float().cpu()
+        vae = self._need_vae("decoding to pixels")
+        self._use("vae")
+        return vae.decode(latents.to(self.device))[0].float().cpu()
 
     # -- one denoising run ------------------------------------------------------------------------
     def _network(self, x: Tensor, timesteps: Tensor, context: Tensor, mask: Tensor | None, inputs: dict) -> Tensor:
@@ -329,6 +352,7 @@ class Sampler:
         (1, 1, T, 1, 1)) or None; `model_inputs`: the variant's extra forward inputs."""
         cfg = self.config
         T, h, w = latent_shape
+        self._use("dit")
         g = solvers.check_guidance(guidance)
         if g > 0 and negative_context is None:
             raise ValueError(f"guidance={g} > 0 needs negative_context (the unconditional pass)")
