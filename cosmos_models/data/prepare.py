@@ -2,10 +2,11 @@
 clips without cached latents, the synthetic clip set of the tiny configs, and latent caching.
 
 The tiny configs train without --data: `prepare_synthetic` writes moving-shape mp4s with random text
-embeddings (data.make_synthetic_videos) into <out>/data and caches their latents through the tiny
-WAN VAE with random weights (the same VAE `cosmos sample` builds for tiny configs without --vae:
-WanVAE.from_config("tiny") under torch.manual_seed(0)); the VAE is also saved to <out>/vae (diffusers
-format, for `--vae`). Training then reads only the cached latents, so a step is a DiT step.
+embeddings (data.make_synthetic_videos) into <out>/data, fits the tiny configs' autoencoder to them
+(cosmos_models.nets.block_autoencoder: a block PCA in the WAN VAE's latent layout, fitted in a second,
+which reconstructs the clips recognizably where an untrained tiny WAN VAE gives grey noise), saves it
+to <out>/vae (for `cosmos sample --vae`) and caches the clips' latents through it. Training then reads
+only the cached latents, so a step is a DiT step.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from cosmos_models.data import clips as D
+from cosmos_models.nets.block_autoencoder import BlockAutoencoder, is_block_autoencoder
 from cosmos_models.nets.config import DiTConfig
 from cosmos_models.nets.vae import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION
 
@@ -42,7 +44,7 @@ def build_vae(spec: str | None, config: DiTConfig, device: torch.device, dtype: 
         if not os.path.isdir(spec):
             raise FileNotFoundError(f"--vae {spec!r}: no such folder (a diffusers AutoencoderKLWan folder, or "
                                     "'tiny' / 'wan2.1' for random weights)")
-        vae = WanVAE.from_pretrained(spec)
+        vae = WanVAE.load(spec)  # (a tiny run's BlockAutoencoder folder too)
     return vae.to(device=device, dtype=dtype).eval()
 
 
@@ -88,16 +90,38 @@ def prepare_synthetic(root: str, config: DiTConfig, *, num_frames: int, size: tu
     """The tiny configs' clip set under root (rank 0 writes it once; every rank waits)."""
     if not dist.is_initialized() or dist.get_rank() == 0:
         if not os.path.isfile(os.path.join(root, SYNTHETIC_MARKER)):
-            D.make_synthetic_videos(root, n=clips, frames=max(33, num_frames + 8), size=size, fps=config.fps,
-                                    seed=SYNTHETIC_SEED, text_len=config.text_len, text_dim=config.text_channels)
-            vae = build_vae("tiny", config, device, torch.float32)
+            paths = D.make_synthetic_videos(root, n=clips, frames=synthetic_frames(num_frames), size=size,
+                                            fps=config.fps, seed=SYNTHETIC_SEED, text_len=config.text_len,
+                                            text_dim=config.text_channels)
+            if os.path.isdir(vae_dir) and is_block_autoencoder(vae_dir):
+                vae = BlockAutoencoder.load(vae_dir)  # a resumed run keeps its code
+            else:
+                vae = fit_block_autoencoder(paths)
+                vae.save(vae_dir)
             cache_latents(root, vae, num_frames=num_frames, fps=config.fps, size=size, device=device)
-            if not os.path.isdir(vae_dir):
-                vae.autoencoder.save_pretrained(vae_dir)
             with open(os.path.join(root, SYNTHETIC_MARKER), "w") as f:
                 f.write(f"{clips} clips, {num_frames} frames at {size[0]}x{size[1]}\n")
     if dist.is_initialized():
         dist.barrier()
+
+
+def synthetic_frames(num_frames: int) -> int:
+    """Frames of each generated clip: 4k + 1, at least 33 and 8 more than a training clip."""
+    frames = max(33, num_frames + 8)
+    return frames + (-(frames - 1)) % TEMPORAL_COMPRESSION
+
+
+def fit_block_autoencoder(paths: list[str]):
+    """The tiny configs' autoencoder fitted to the generated clips as decoded from their files (what
+    training reads), cosmos_models.nets.block_autoencoder."""
+    from cosmos_models.data.video_io import read_video
+
+    clips = []
+    for path in paths:
+        video, _ = read_video(path)
+        frames = 1 + (video.shape[1] - 1) // TEMPORAL_COMPRESSION * TEMPORAL_COMPRESSION
+        clips.append(video[:, :frames])
+    return BlockAutoencoder.fit(clips)
 
 
 def build_loader(config: DiTConfig, *, data_root: str, size: tuple[int, int], num_frames: int, batch: int,

@@ -8,6 +8,7 @@
     flops.py        analytic FLOPs of every variant (and FlopCounterMode formulas for our ops)
     checkpoint.py   weight files: official / diffusers / our names, load strictly, save safetensors
     vae.py          the WAN2.1 VAE front end (diffusers AutoencoderKLWan + latent normalization)
+    block_autoencoder.py  the tiny configs' autoencoder: a block PCA in the WAN VAE's latent layout
     text.py         text embeddings: the Reason1 (Qwen2.5-VL) encoder and precomputed embeddings
     text_encoder.py prompts to embeddings for users: find the encoder (never downloading), disk cache
 

@@ -95,11 +95,15 @@ class WanVAE(nn.Module):
 
     @classmethod
     def load(cls, spec: str) -> WanVAE:
-        """--vae: a diffusers folder, or the official VAE file (tokenizer.pth / Wan2.1_VAE.pth)."""
+        """--vae: a diffusers folder, the official VAE file (tokenizer.pth / Wan2.1_VAE.pth), or the
+        folder of a tiny run's BlockAutoencoder (cosmos_models.nets.block_autoencoder, same contract)."""
         import os
 
+        from cosmos_models.nets.block_autoencoder import BlockAutoencoder, is_block_autoencoder
         from cosmos_models.nets.weight_files import WeightFileError
 
+        if os.path.isdir(spec) and is_block_autoencoder(spec):
+            return BlockAutoencoder.load(spec)
         if os.path.isdir(spec):
             return cls.from_pretrained(spec)
         if os.path.isfile(spec):
