@@ -24,7 +24,7 @@ from bench.common import environment, time_fn, write_json
 from cosmos_models.nets import flops
 from cosmos_models.nets.flops import H100_SXM_BF16_DENSE
 from cosmos_models.data.clips import resolve_resolution
-from cosmos_models.training.parallel import resolve_device
+from cosmos_models.devices import resolve_device
 from cosmos_models.sampling.sampler import Sampler
 from cosmos_models.nets.vae import SPATIAL_COMPRESSION, latent_frames
 

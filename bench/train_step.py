@@ -18,7 +18,7 @@ import argparse
 from cosmos_models.cli.mfu import _is_main_process, add_step_arguments, settings_from_args
 from cosmos_models.perf import mfu
 from cosmos_models.perf.report import write_json
-from cosmos_models.training.parallel import resolve_device
+from cosmos_models.devices import resolve_device
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_step_arguments(p)
     p.add_argument("--repeats", type=int, default=1, help="measurement repeats (median of their medians)")

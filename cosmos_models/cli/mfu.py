@@ -15,7 +15,7 @@ from cosmos_models.perf.mfu import PRECISIONS, StepSettings
 from cosmos_models.perf.report import print_table, write_json
 from cosmos_models.perf.timing import environment
 from cosmos_models.training import sac
-from cosmos_models.training.parallel import resolve_device
+from cosmos_models.devices import resolve_device
 
 
 def add_step_arguments(p: argparse.ArgumentParser) -> None:

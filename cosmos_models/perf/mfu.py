@@ -46,7 +46,7 @@ from cosmos_models.perf.ranges import PartRanges
 from cosmos_models.perf.report import print_table
 from cosmos_models.perf.timing import cpu_threads, environment, matmul_peak, memory, sync, time_calls
 from cosmos_models.training import sac
-from cosmos_models.training.parallel import resolve_device
+from cosmos_models.devices import resolve_device
 from cosmos_models.training.trainer import TrainConfig, Trainer
 
 PRECISIONS = ("bf16", "fp32")

@@ -23,6 +23,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from cosmos_models.devices import resolve_device
+
 PARALLEL = ("context", "batch")
 
 
@@ -69,16 +71,7 @@ def join(device: str | None, parallel: str | None, timeout_s: float = 1800.0) ->
     if parallel is not None and parallel not in PARALLEL:
         raise ValueError(f"--parallel {parallel!r}: expected one of {PARALLEL}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available here (use --device cpu)")
-        if dev.index is None:
-            dev = torch.device("cuda", local)  # one GPU per process, by LOCAL_RANK
-        torch.cuda.set_device(dev)
+    dev = resolve_device(device)
     if world == 1:
         return SampleGroup(1, 0, "single", dev, False)
     owns = not dist.is_initialized()

@@ -30,6 +30,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from cosmos_models.devices import resolve_device
+
 
 @dataclass
 class Layout:
@@ -72,23 +74,6 @@ class Layout:
 def _check_positive(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The device named (default: cuda when available), validated; a bare "cuda" is this process's
-    LOCAL_RANK GPU, made current."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available here (use --device cpu)")
-        if dev.index is None:
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(dev)
-    elif dev.type != "cpu":
-        raise ValueError(f"--device {device!r}: expected cpu or cuda")
-    return dev
 
 
 def init(device: str | None = None, cp: int = 1, replicate: int = 1, timeout_s: float = 600.0) -> Layout:
