@@ -10,6 +10,7 @@
     optim.py         the AdamW recipe, clipping and the update
     checkpointing.py atomic DCP checkpoint folders with a `latest` pointer
     run_folder.py    one run per folder: the lock, run.json (what the run was started with), drift checks
+    loggers.py       --log-to: the log records in TensorBoard and/or Weights & Biases
     faults.py        signals (SIGTERM/SIGINT: checkpoint, then exit 143/130), bad steps, OOM and disk-full
                      diagnosis, lost processes
 

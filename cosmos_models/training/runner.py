@@ -25,7 +25,8 @@ What the runner does for every run:
   cp group so its ranks see the same bits), the tiny configs' synthetic clip set without it, latent
   caching (--cache-latents), or a batch source passed in (`batches=`: the MFU measurement's random
   latents); sample i of step s draws from a generator seeded by (seed, s, i) (`sample_seed`);
-- logs: <out>/<name>_log.jsonl and a line on stdout every --log-every steps, a progress bar on a terminal;
+- logs: <out>/<name>_log.jsonl and a line on stdout every --log-every steps, a progress bar on a terminal,
+  and with --log-to the same numbers in TensorBoard (<out>/tensorboard) and/or W&B (training/loggers.py);
 - checkpoints (cosmos_models.training.checkpointing): every --save-every steps and at the end, atomic
   DCP folders holding the subclass's state plus the step, the config, the world size and, per rank,
   the data position and every RNG state (torch, CUDA): a resumed run is the uninterrupted one; on
@@ -53,14 +54,14 @@ import torch.distributed as dist
 from torch import Tensor
 
 from cosmos_kernels import dispatch
-from cosmos_models._deps import console_write, progress_bar
+from cosmos_models._deps import console_write, progress_bar, require
 from cosmos_models.data import prepare
 from cosmos_models.data.clips import IMAGE_EXTENSIONS, TEXT_SUFFIXES, VIDEO_EXTENSIONS, resolve_resolution
 from cosmos_models.errors import (CheckpointWriteFailed, Diverged, ProcessesLost, RunError, RunFolderMismatch,
                                   RunStopped)
 from cosmos_models.nets.config import DiTConfig, get_config
 from cosmos_models.nets.vae import SPATIAL_COMPRESSION, latent_frames
-from cosmos_models.training import checkpointing, faults, parallel, run_folder, sac
+from cosmos_models.training import checkpointing, faults, loggers, parallel, run_folder, sac
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -96,6 +97,8 @@ class RunConfig:
     progress: bool = True
     allow_change: tuple[str, ...] = ()
     max_bad_steps: int = 5
+    log_to: str | None = None          # "tensorboard", "wandb" or both, comma-separated (training/loggers.py)
+    wandb_project: str = "cosmos-kernels"
 
 
 RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
@@ -138,6 +141,8 @@ def resolve_run(cfg: RunConfig, device_type: str, *, needs_data: bool = True) ->
         positive_int(name, getattr(cfg, name))
     for name in ("save_every", "keep_last", "num_workers", "seed", "max_bad_steps"):
         positive_int(name, getattr(cfg, name), 0)
+    for kind in loggers.parse_kinds(cfg.log_to):  # a missing package is said before any work
+        require(kind, f"--log-to {kind}")
     if not (isinstance(cfg.dist_timeout, (int, float)) and cfg.dist_timeout > 0 and math.isfinite(cfg.dist_timeout)):
         raise ValueError(f"--dist-timeout must be a number of seconds > 0, got {cfg.dist_timeout!r}")
     if cfg.cp > 1:
@@ -422,6 +427,8 @@ class Run:
             self.print(self.banner())
             for line in self._data_notes():
                 self.print(line)
+        self._loggers = loggers.MetricLoggers(loggers.parse_kinds(cfg.log_to) if self.is_main else (), cfg.out,
+                                              self.name, config=dataclasses.asdict(cfg), project=cfg.wandb_project)
         losses: list[tuple[int, float]] = []
         window: list[dict] = []
         bar = progress_bar(total=cfg.steps, initial=self.step, desc=self.name, dynamic_ncols=True,
@@ -449,6 +456,7 @@ class Run:
                     raise RunStopped(self._stopped_message(signum, path), signum)
         finally:
             bar.close()
+            self._loggers.close()
         return losses
 
     def _data_notes(self) -> list[str]:
@@ -506,6 +514,7 @@ class Run:
             return
         with open(os.path.join(self.cfg.out, f"{self.name}_log.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
+        self._loggers.log(int(record.get("step", self.step)), record)
         self.print(line)
 
     # ------------------------------------------------------------------------------------------ checkpoints
