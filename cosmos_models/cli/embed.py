@@ -3,12 +3,17 @@
     cosmos embed --prompts prompts.txt --out embeddings/          # one prompt per line: prompt_00000.pt, ...
     cosmos embed --prompts captions.jsonl --out data/videos/       # {"name": "clip_0001", "prompt": "..."} per line
     cosmos sample --prompt-embedding embeddings/prompt_00000.pt ...
+    cosmos embed --data datasets/my_robot/      # the official layout: videos/<name>.mp4 + metas/<name>.txt
 
 --prompts: a .txt file (one prompt per line, blank lines skipped; named prompt_00000, prompt_00001, ...),
 a .json file (a list of prompts, a list of {"name", "prompt"} objects, or an object name -> prompt) or a
 .jsonl file (one {"name"?, "prompt"} object per line). Each embedding is written as <out>/<name>.pt
 ({"embedding": (512, features)}), the form `cosmos train --data` reads beside <name>.mp4 and
 `cosmos sample --prompt-embedding` takes. The disk cache makes a re-run cheap.
+
+--data DATASET: the official post-training layout (DATASET/videos/*.mp4, one caption per clip in
+DATASET/metas/<name>.txt): each caption not embedded yet goes to DATASET/text_embeddings/<name>.pt,
+where `cosmos train --data DATASET` finds it (videos without a caption are counted and skipped).
 """
 from __future__ import annotations
 
@@ -30,8 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
     a = parser.add_argument
-    a("--prompts", required=True, help=".txt / .json / .jsonl file of prompts (see below)")
-    a("--out", required=True, help="folder for <name>.pt files")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompts", help=".txt / .json / .jsonl file of prompts (see below)")
+    source.add_argument("--data", metavar="DATASET", help="a dataset in the official layout (see below)")
+    a("--out", default=None, help="folder for <name>.pt files (with --prompts)")
     a("--text-encoder", default=None, metavar="FOLDER",
       help=f"transformers folder of Cosmos-Reason1-7B (default: ${ENV_ENCODER}, else the Hugging Face cache)")
     a("--embedding-cache", default=None, metavar="DIR", help=f"default: ${ENV_CACHE} or ~/.cache/cosmos-kernels/"
@@ -92,6 +99,10 @@ def read_prompts(path: str) -> list[tuple[str, str]]:
 
 
 def run(args) -> int:
+    if args.data is not None:
+        return _run_data(args)
+    if args.out is None:
+        raise ValueError("--prompts needs --out DIR (the folder of the <name>.pt files)")
     pairs = read_prompts(args.prompts)
     os.makedirs(args.out, exist_ok=True)
     todo = [(n, p) for n, p in pairs if args.overwrite or not os.path.exists(os.path.join(args.out, n + ".pt"))]
@@ -109,4 +120,22 @@ def run(args) -> int:
     print(f"cosmos embed: wrote {len(todo)} embedding(s) to {args.out} with {encoder.path} ({encoder.hits} from the "
           f"cache, {encoder.misses} computed)" + (f"; kept {kept} existing (--overwrite replaces them)" if kept else ""),
           file=sys.stderr)
+    return 0
+
+
+def _run_data(args) -> int:
+    from cosmos_models.data import clips
+    from cosmos_models.data.prepare import embed_captions
+
+    if not os.path.isdir(os.path.join(args.data, clips.OFFICIAL_VIDEOS)) or \
+            not os.path.isdir(os.path.join(args.data, clips.OFFICIAL_CAPTIONS)):
+        raise FileNotFoundError(f"--data {args.data}: expected the official layout, {clips.OFFICIAL_VIDEOS}/*.mp4 and "
+                                f"{clips.OFFICIAL_CAPTIONS}/<name>.txt inside it")
+    cache = args.embedding_cache
+    counts = embed_captions(args.data, text_encoder=args.text_encoder, device=args.device,
+                            cache_dir=False if cache is not None and cache.lower() == "none" else cache,
+                            dtype=DTYPES[args.dtype], overwrite=args.overwrite)
+    print(f"cosmos embed: {counts['written']} caption(s) embedded into "
+          f"{os.path.join(args.data, clips.EMBEDDINGS_DIR)}" + (f" with {counts['encoder']}" if counts["encoder"] else "")
+          + f"; {counts['present']} already there; {counts['no_caption']} video(s) without a caption", file=sys.stderr)
     return 0

@@ -58,6 +58,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, d: RunConfig, *, what: st
     a("--max-bad-steps", type=int, default=d.max_bad_steps,
       help="skip at most this many steps in a row whose loss or gradient is not finite, then stop")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    a("--text-encoder", default=d.text_encoder, metavar="FOLDER",
+      help="--data in the official layout (videos/ + metas/<name>.txt): embed the captions not embedded yet with "
+           "this Reason1 encoder first (or run cosmos embed --data DIR once)")
     a("--log-to", default=d.log_to, metavar="tensorboard,wandb",
       help="also log to TensorBoard (<out>/tensorboard) and/or Weights & Biases")
     a("--wandb-project", default=d.wandb_project, help="the W&B project of --log-to wandb")

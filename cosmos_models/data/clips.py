@@ -214,12 +214,54 @@ def load_sidecar(path: str, key: str) -> Tensor:
         raise ClipError(f"cannot load {path} ({type(exc).__name__}: {exc})") from None
 
 
+OFFICIAL_VIDEOS, OFFICIAL_CAPTIONS = "videos", "metas"  # the official post-training layout's folders
+EMBEDDINGS_DIR = "text_embeddings"  # where `cosmos embed --data` puts the captions' embeddings in that layout
+
+
+def official_layout(video_path: str) -> tuple[str, str] | None:
+    """(dataset folder, name) of a video in the official layout DATASET/videos/<name>.mp4 (captions in
+    DATASET/metas/<name>.txt), else None."""
+    folder, file = os.path.split(os.path.abspath(video_path))
+    if os.path.basename(folder) != OFFICIAL_VIDEOS:
+        return None
+    root = os.path.dirname(folder)
+    if not os.path.isdir(os.path.join(root, OFFICIAL_CAPTIONS)):
+        return None
+    return root, os.path.splitext(file)[0]
+
+
+def caption_file(video_path: str) -> str | None:
+    """The official layout's caption of a video (DATASET/metas/<name>.txt), if it exists."""
+    found = official_layout(video_path)
+    if found is None:
+        return None
+    path = os.path.join(found[0], OFFICIAL_CAPTIONS, found[1] + ".txt")
+    return path if os.path.isfile(path) else None
+
+
 def text_sidecar(video_path: str) -> str | None:
+    """The text embedding of a video: <name>.pt / .safetensors / .npy beside it, or, in the official
+    layout, DATASET/text_embeddings/<name>.pt (written by `cosmos embed --data DATASET`)."""
     stem = os.path.splitext(video_path)[0]
-    for suffix in TEXT_SUFFIXES:
-        if os.path.isfile(stem + suffix):
-            return stem + suffix
+    found = official_layout(video_path)
+    stems = [stem] + ([os.path.join(found[0], EMBEDDINGS_DIR, found[1])] if found else [])
+    for base in stems:
+        for suffix in TEXT_SUFFIXES:
+            if os.path.isfile(base + suffix):
+                return base + suffix
     return None
+
+
+def missing_text_reason(video_path: str) -> str:
+    """Why a video has no text embedding, and what to do."""
+    found = official_layout(video_path)
+    if found is None:
+        return f"no text embedding ({' / '.join('<name>' + s for s in TEXT_SUFFIXES)} beside it)"
+    caption = os.path.join(found[0], OFFICIAL_CAPTIONS, found[1] + ".txt")
+    if not os.path.isfile(caption):
+        return f"no caption {caption}"
+    return (f"its caption {caption} is not embedded yet (cosmos embed --data {found[0]}, or cosmos train "
+            "--text-encoder FOLDER)")
 
 
 def fit_text(embedding: Tensor, length: int | None) -> Tensor:
@@ -308,7 +350,7 @@ class ClipDataset(torch.utils.data.Dataset):
     def _usable(self, path: str) -> bool:
         try:
             if self.with_text and text_sidecar(path) is None:
-                raise ClipError(f"no text embedding ({' / '.join('<name>' + s for s in TEXT_SUFFIXES)})")
+                raise ClipError(missing_text_reason(path))
             if self._latent(path) is not None:
                 return True
             span, period = self._span(path)
@@ -355,7 +397,7 @@ class ClipDataset(torch.utils.data.Dataset):
             if self.with_text:
                 text_path = text_sidecar(path)
                 if text_path is None:
-                    raise ClipError("no text embedding")
+                    raise ClipError(missing_text_reason(path))
                 item["text"] = fit_text(load_sidecar(text_path, "embedding"), self.text_len)
                 if not torch.isfinite(item["text"]).all():
                     raise ClipError(f"its text embedding {text_path} holds NaN or Inf values")

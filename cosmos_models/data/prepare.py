@@ -105,6 +105,48 @@ def prepare_synthetic(root: str, config: DiTConfig, *, num_frames: int, size: tu
         dist.barrier()
 
 
+def embed_captions(root: str, *, text_encoder: str | None = None, device=None, cache_dir=None,
+                   dtype: torch.dtype = torch.bfloat16, overwrite: bool = False, names=None) -> dict:
+    """Embed the captions of the official post-training layout under root (DATASET/videos/<name>.mp4 with
+    DATASET/metas/<name>.txt) with the Reason1 encoder (cosmos_models.nets.text_encoder; loaded only
+    if a caption needs it, freed after) into DATASET/text_embeddings/<name>.pt, which the loaders read.
+    Returns counts: {"written", "present", "no_caption", "encoder"}."""
+    from cosmos_models.nets.text_encoder import PromptEncoder
+
+    videos = D._find_files(root, D.VIDEO_EXTENSIONS)
+    todo, counts = [], {"written": 0, "present": 0, "no_caption": 0, "encoder": None}
+    for path in videos:
+        found = D.official_layout(path)
+        if found is None:
+            continue
+        caption = D.caption_file(path)
+        if caption is None:
+            counts["no_caption"] += 1
+            continue
+        target = os.path.join(found[0], D.EMBEDDINGS_DIR, found[1] + ".pt")
+        if os.path.isfile(target) and not overwrite:
+            counts["present"] += 1
+            continue
+        with open(caption, encoding="utf-8") as f:
+            text = f.read().strip()
+        if text:
+            todo.append((target, text))
+        else:
+            counts["no_caption"] += 1
+    if todo:
+        encoder = PromptEncoder(text_encoder, device=device, cache_dir=cache_dir)
+        counts["encoder"] = encoder.path
+        for target, text in todo:
+            (emb,) = encoder(text)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            tmp = f"{target}.tmp.{os.getpid()}"
+            torch.save({"embedding": emb.to(dtype).contiguous()}, tmp)
+            os.replace(tmp, target)
+            counts["written"] += 1
+        encoder.release()
+    return counts
+
+
 def synthetic_frames(num_frames: int) -> int:
     """Frames of each generated clip: 4k + 1, at least 33 and 8 more than a training clip."""
     frames = max(33, num_frames + 8)

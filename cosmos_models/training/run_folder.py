@@ -40,7 +40,7 @@ NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 HARMLESS = frozenset({"resume", "steps", "save_every", "keep_last", "log_every", "progress", "dist_timeout",
                       "num_workers", "out", "device", "allow_change", "max_bad_steps", "kernel_backend", "cp",
                       "hsdp_replicate", "sac", "data", "batch", "resolution", "frames", "image_batch",
-                      "cache_latents", "synthetic_clips", "log_to", "wandb_project"})
+                      "cache_latents", "synthetic_clips", "log_to", "wandb_project", "text_encoder"})
 
 
 class RunLock:

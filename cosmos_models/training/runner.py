@@ -97,6 +97,7 @@ class RunConfig:
     progress: bool = True
     allow_change: tuple[str, ...] = ()
     max_bad_steps: int = 5
+    text_encoder: str | None = None    # embed the official layout's metas/*.txt captions first (data/prepare.py)
     log_to: str | None = None          # "tensorboard", "wandb" or both, comma-separated (training/loggers.py)
     wandb_project: str = "cosmos-kernels"
 
@@ -355,6 +356,12 @@ class Run:
             prepare.prepare_synthetic(self.data_root, self.model_cfg, num_frames=shape.frames, size=shape.size,
                                       clips=cfg.synthetic_clips, vae_dir=os.path.join(cfg.out, "vae"),
                                       device=torch.device("cpu"))
+        if cfg.text_encoder is not None:  # the official layout's captions, embedded once (rank 0), then read
+            if self.is_main:
+                counts = prepare.embed_captions(self.data_root, text_encoder=cfg.text_encoder, device=lay.device)
+                if counts["written"]:
+                    self.print(f"cosmos {self.name}: embedded {counts['written']} captions with {counts['encoder']}")
+            dist.barrier()
         if cfg.cache_latents:
             prepare.cache_latents(self.data_root, self.vae(), num_frames=shape.frames, fps=self.model_cfg.fps,
                                   size=shape.size, rank=lay.rank, world=lay.world, device=lay.device)
