@@ -89,6 +89,15 @@ def test_disk_cache_hit_without_loading_the_encoder_and_miss_on_a_changed_encode
     third = te.PromptEncoder(encoder_dir, device="cpu", cache_dir=cache)
     assert torch.equal(third("a red cube")[0], emb) and third.misses == 1
 
+    # a batch warms the cache and reads one embedding at a time back (nothing kept in memory)
+    batch = te.PromptEncoder(encoder_dir, device="cpu", cache_dir=cache)
+    batch.warm(["a red cube", "a blue car", "a blue car"])
+    assert (batch.hits, batch.misses) == (1, 1) and torch.equal(batch.cached("a red cube"), emb)
+    with pytest.raises(FileNotFoundError, match="no cached embedding"):
+        batch.cached("never embedded")
+    with pytest.raises(ValueError, match="disk cache"):
+        te.PromptEncoder(encoder_dir, device="cpu", cache_dir=False).warm(["x"])
+
     # other weights in the same folder layout: another key, never the stale embedding
     changed = make_encoder(tmp_path / "changed", seed=1)
     fourth = te.PromptEncoder(changed, device="cpu", cache_dir=cache)

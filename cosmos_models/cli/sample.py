@@ -276,12 +276,6 @@ def run(args) -> int:
             return _run(args)
 
 
-# the per-video settings a spec entry may set (the rest of the flags are the batch's)
-PER_VIDEO = ("mode", "prompt", "prompt_embedding", "negative_prompt", "negative_prompt_embedding", "seed", "guidance",
-             "steps", "frames", "height", "width", "fps", "image", "video", "actions", "control", "control_video",
-             "edge_preset", "blur_preset", "condition_frames", "continuation_frames", "num_views", "view_indices")
-
-
 @dataclass
 class Job:
     """One video: its name, where it came from, its settings (flag names) and its output path."""
@@ -322,24 +316,24 @@ def _job_controls(a):
     return getattr(a, "control_parsed", None) or _controls(a.control)
 
 
-def _text_embeddings(jobs: list[Job], args, preset: presets.Preset, guidances: list[float], device) -> str:
-    """Each job's prompt and negative-prompt embeddings (set on job.settings as `context_embedding` /
-    `negative_embedding`): files as given, texts through the Reason1 encoder (cached on disk; all the batch's
-    texts in one go, and the encoder freed before returning, so the DiT never shares the GPU with
-    it). Without a negative one, guidance > 0 uses the preset's negative prompt (the official
-    default) when an encoder can be found. Returns a note for the summary line."""
-    wanted: dict[int, tuple[str | None, str | None]] = {}
-    for i, (job, guidance) in enumerate(zip(jobs, guidances)):
+def _text_embeddings(jobs: list[Job], args, preset: presets.Preset, guidances: list[float], device,
+                     lead: bool = True) -> tuple[str, PromptEncoder | None]:
+    """Each job's prompt and negative-prompt texts (set on job.settings as `negative_text`; files are
+    used as given), embedded by the Reason1 encoder: with the disk cache, all the batch's texts are
+    computed here (by the lead rank; the others find them cached) and each job reads its own back when
+    it runs (`_job_embeddings`), so memory holds one video's embeddings, not the batch's; without the
+    cache they are kept in memory. The encoder is freed before returning, so the DiT never shares the
+    GPU with it. Without a negative one, guidance > 0 uses the preset's negative prompt (the official
+    default) when an encoder can be found. Returns (a note for the summary line, the encoder)."""
+    for job, guidance in zip(jobs, guidances):
         a = job.settings
-        negative = None
+        a.negative_text = None
         if guidance > 0 and a.negative_prompt_embedding is None:
-            negative = a.negative_prompt if a.negative_prompt is not None else preset.negative_prompt
-        a.negative_text = negative
-        wanted[i] = (a.prompt, negative)
+            a.negative_text = a.negative_prompt if a.negative_prompt is not None else preset.negative_prompt
         a.context_embedding, a.negative_embedding = a.prompt_embedding, a.negative_prompt_embedding
-    texts = list(dict.fromkeys(t for pair in wanted.values() for t in pair if t is not None))
+    texts = list(dict.fromkeys(t for j in jobs for t in (j.settings.prompt, j.settings.negative_text) if t is not None))
     if not texts:
-        return ""
+        return "", None
     explicit = any(j.settings.prompt is not None or j.settings.negative_prompt is not None for j in jobs)
     cache = args.embedding_cache
     try:
@@ -353,17 +347,25 @@ def _text_embeddings(jobs: list[Job], args, preset: presets.Preset, guidances: l
                      "uses a random embedding. Pass --text-encoder FOLDER or --negative-prompt-embedding FILE.")
         for job in jobs:
             job.settings.negative_text = None
-        return ""
-    embeddings = dict(zip(texts, encoder(texts)))
+        return "", None
+    if encoder.cache_dir is not None:
+        if lead:
+            encoder.warm(texts)
+    else:  # no disk cache: every text in memory
+        memory = dict(zip(texts, encoder(texts)))
+        for job in jobs:
+            job.settings.embedded = memory
     encoder.release()
-    for i, (prompt, negative) in wanted.items():
-        a = jobs[i].settings
-        if prompt is not None:
-            a.context_embedding = embeddings[prompt]
-        if negative is not None:
-            a.negative_embedding = embeddings[negative]
     args.text_encoder_path = encoder.path
-    return f"text embedded by {encoder.path} ({encoder.hits} cached, {encoder.misses} computed)"
+    return f"text embedded by {encoder.path} ({encoder.hits} cached, {encoder.misses} computed)", encoder
+
+
+def _job_embeddings(a, encoder: PromptEncoder | None) -> None:
+    """A job's context / negative embeddings from its texts, read back just before it runs."""
+    memory = getattr(a, "embedded", None)
+    for text, attr in ((a.prompt, "context_embedding"), (a.negative_text, "negative_embedding")):
+        if text is not None and encoder is not None:
+            setattr(a, attr, memory[text] if memory is not None else encoder.cached(text))
 
 
 def _check_args(args) -> None:
@@ -510,7 +512,7 @@ def _run_in(args, jobs: list[Job], group) -> int:
     if not lead:
         group.barrier()
     try:
-        text_note = _text_embeddings(runnable, args, preset, guidances, device)
+        text_note, encoder = _text_embeddings(runnable, args, preset, guidances, device, lead=lead)
     finally:
         if lead:  # also when it failed: the other ranks then try (and fail) on their own, not wait forever
             group.barrier()
@@ -527,7 +529,8 @@ def _run_in(args, jobs: list[Job], group) -> int:
     else:
         sampler = Sampler(model, vae, device=device, dtype=dtype, offload=args.offload)
     context = dict(args=args, cfg=cfg, preset=preset, preset_why=why, distilled=distilled, sampler=sampler,
-                   device=device, dtype=dtype, model_source=model_source, vae_source=vae_source, group=group)
+                   device=device, dtype=dtype, model_source=model_source, vae_source=vae_source, group=group,
+                   encoder=encoder)
     failed = [j for j in jobs if j.error is not None]
     for index, (job, guidance) in enumerate(zip(runnable, guidances)):
         if not group.mine(index):
@@ -563,6 +566,7 @@ def _generate(job: Job, guidance: float, c: dict) -> None:
     from cosmos_models.sampling import record
 
     a, cfg, preset, distilled = job.settings, c["cfg"], c["preset"], c["distilled"]
+    _job_embeddings(a, c["encoder"])
     if job.chunk_frames is not None and job.chunk_frames != cfg.num_frames:
         raise ValueError(f"num_video_frames_per_chunk={job.chunk_frames}: this model ({cfg.name}) generates "
                          f"{cfg.num_frames} frames per chunk")

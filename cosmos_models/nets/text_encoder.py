@@ -194,6 +194,26 @@ class PromptEncoder:
                 self.misses += 1
         return out
 
+    def warm(self, prompts: Sequence[str]) -> None:
+        """Compute and cache (on disk) every prompt not cached yet, keeping nothing in memory: a batch of
+        hundreds of prompts (100 MB each at full width) is then read back one at a time (`cached`)."""
+        if self.cache_dir is None:
+            raise ValueError("PromptEncoder.warm needs the disk cache (cache_dir is False)")
+        missing = list(dict.fromkeys(p for p in prompts if self._read(self._cache_file(p)) is None))
+        self.hits += len(set(prompts)) - len(missing)
+        if missing:
+            encoder = self._load()
+            for prompt in missing:
+                self._write(self._cache_file(prompt), prompt, encoder(prompt)[0].to(device="cpu", dtype=self.dtype))
+                self.misses += 1
+
+    def cached(self, prompt: str) -> Tensor:
+        """The cached embedding of a prompt (float32, CPU); FileNotFoundError naming it when it is not cached."""
+        emb = self._read(self._cache_file(prompt))
+        if emb is None:
+            raise FileNotFoundError(f"no cached embedding of the prompt {prompt[:80]!r} under {self.cache_dir}")
+        return emb
+
     def _load(self) -> Reason1Encoder:
         if self._encoder is None:
             self._encoder = Reason1Encoder(self.path, device=self.device, dtype=self.dtype, max_length=self.max_length)
