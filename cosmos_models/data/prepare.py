@@ -106,7 +106,7 @@ def prepare_synthetic(root: str, config: DiTConfig, *, num_frames: int, size: tu
 
 
 def embed_captions(root: str, *, text_encoder: str | None = None, device=None, cache_dir=None,
-                   dtype: torch.dtype = torch.bfloat16, overwrite: bool = False, names=None) -> dict:
+                   dtype: torch.dtype = torch.bfloat16, overwrite: bool = False) -> dict:
     """Embed the captions of the official post-training layout under root (DATASET/videos/<name>.mp4 with
     DATASET/metas/<name>.txt) with the Reason1 encoder (cosmos_models.nets.text_encoder; loaded only
     if a caption needs it, freed after) into DATASET/text_embeddings/<name>.pt, which the loaders read.

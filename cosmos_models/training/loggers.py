@@ -1,7 +1,7 @@
 """Where a run's numbers go besides <out>/<name>_log.jsonl: TensorBoard and Weights & Biases (`--log-to`).
 
     cosmos train ... --log-to tensorboard          # <out>/tensorboard/, then: tensorboard --logdir <out>
-    cosmos train ... --log-to tensorboard,wandb    # + a W&B run (project --wandb-project, id kept in run.json)
+    cosmos train ... --log-to tensorboard,wandb    # + a W&B run (project --wandb-project, id kept in <out>/wandb_id)
 
 Each log window (every --log-every steps) writes the same numbers as the JSONL record (loss, lr,
 grad norm, step time, tokens/s, ...: every finite number in it) under `<name>/<key>` at its step, from
