@@ -77,6 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--checkpoint", default=None, help="weights (see below); EMA weights preferred. Without it: random init")
     a("--student", default=None, help="weights of an rCM-distilled student (cosmos distill), instead of --checkpoint: "
                                       "sampled with its few-step sampler (--steps default 4, no guidance)")
+    a("--lora", default=None, metavar="FILE[:SCALE]",
+      help="apply a LoRA adapter (cosmos train --lora's lora.safetensors) unmerged, its update times SCALE (default 1)")
     a("--preset", default=None, choices=sorted(presets.PRESETS),
       help="sampling settings of a released checkpoint (default: recognized from the checkpoint file)")
     a("--vae", default=None, help="a diffusers AutoencoderKLWan folder or the official tokenizer.pth (WAN2.1). "
@@ -377,8 +379,10 @@ def _check_args(args) -> None:
         raise ValueError("--parallel batch deals out the entries of a --spec; one video uses --parallel context")
     if args.spec is not None and args.out.lower().endswith(".mp4"):
         raise ValueError(f"--out with --spec is a folder (one <name>.mp4 per entry), got {args.out!r}")
+    lora_file = None if args.lora is None else args.lora.rsplit(":", 1)[0] if not args.lora.endswith(".safetensors") \
+        else args.lora
     for flag, path in (("--checkpoint", args.checkpoint), ("--student", args.student), ("--vae", args.vae),
-                       ("--spec", args.spec)):
+                       ("--spec", args.spec), ("--lora", lora_file)):
         if path is not None and not os.path.exists(path):
             raise FileNotFoundError(f"{flag}: no file at {path!r}")
     if args.prompt is not None or args.negative_prompt is not None or args.text_encoder is not None:
@@ -502,6 +506,13 @@ def _run_in(args, jobs: list[Job], group) -> int:
     preset, why = _preset(args, cfg)
     controls = _controls(args.control)
     _add_branches(model, controls, notes)
+    if args.lora is not None:
+        from cosmos_models.training.lora import apply_adapter
+
+        applied = apply_adapter(model, args.lora)
+        notes.append(f"LoRA {args.lora}: rank {applied['rank']}, alpha {applied['alpha']:g}, scale {applied['scale']:g} "
+                     f"on {','.join(applied['targets'])}")
+        model_source = f"{model_source} + LoRA {args.lora}"
     for note in notes if lead else ():
         print(f"cosmos sample: {note}", file=sys.stderr)
     distilled = args.student is not None or preset.distilled
@@ -624,7 +635,7 @@ def _generate(job: Job, guidance: float, c: dict) -> None:
         "name": job.name, "origin": job.origin, "outputs": paths, "mode": mode, "config": cfg.name,
         "checkpoint": None if args.student else args.checkpoint, "student": args.student,
         "checkpoint_sha256": record.file_digest(checkpoint), "model": c["model_source"],
-        "preset": preset.name, "vae": args.vae, "vae_sha256": record.file_digest(args.vae), "vae_source": c["vae_source"],
+        "lora": args.lora, "preset": preset.name, "vae": args.vae, "vae_sha256": record.file_digest(args.vae), "vae_source": c["vae_source"],
         "prompt": a.prompt, "prompt_embedding": a.prompt_embedding,
         "negative_prompt": getattr(a, "negative_text", None), "negative_prompt_embedding": a.negative_prompt_embedding,
         "text_encoder": getattr(args, "text_encoder_path", None) if a.prompt or getattr(a, "negative_text", None)

@@ -33,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--shift", type=float, default=None, help="timestep shift β (default: per --timesteps)")
     a("--loss-scale", type=float, default=d.loss_scale,
       help="multiply the flow-matching loss (official: 1; the logged loss and clipping see the scaled loss)")
+    a("--lora", default=None, metavar="RANK[:ALPHA]",
+      help="train LoRA adapters (peft) on the block projections only, the rest frozen (alpha default = rank); "
+           "<out>/lora.safetensors holds the adapters, <out>/ema.safetensors the merged weights")
+    a("--lora-targets", default=None, metavar="q_proj,k_proj,...",
+      help="the block projections to adapt (default: q_proj,k_proj,v_proj,output_proj,layer1,layer2)")
     a("--overfit-one-batch", dest="overfit_batch", action="store_true",
       help="debug: train on the first batch with the same noise every step")
 

@@ -76,7 +76,7 @@ def write_record(video_path: str, record: dict) -> str:
 
 # record key -> `cosmos sample` flag (values written as given)
 _FLAGS = {"mode": "--mode", "config": "--config", "checkpoint": "--checkpoint", "student": "--student",
-          "preset": "--preset", "vae": "--vae", "prompt": "--prompt", "prompt_embedding": "--prompt-embedding",
+          "preset": "--preset", "lora": "--lora", "vae": "--vae", "prompt": "--prompt", "prompt_embedding": "--prompt-embedding",
           "negative_prompt": "--negative-prompt", "negative_prompt_embedding": "--negative-prompt-embedding",
           "text_encoder": "--text-encoder", "actions": "--actions", "num_views": "--num-views", "steps": "--steps",
           "guidance": "--guidance", "frames": "--frames", "height": "--height", "width": "--width", "seed": "--seed",

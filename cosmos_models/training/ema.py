@@ -42,8 +42,9 @@ class EMA:
         self.sigma_rel, self.decay = sigma_rel, decay
         self.exponent = power_exponent(sigma_rel) if sigma_rel is not None else None
         with torch.no_grad():
+            # the trained parameters (all of them, or a LoRA run's adapters: frozen ones never move)
             self.shadow: dict[str, Tensor] = {name: p.detach().float().clone()
-                                              for name, p in model.named_parameters()}
+                                              for name, p in model.named_parameters() if p.requires_grad}
         self.updates = 0
 
     def beta(self, i: int) -> float:
@@ -57,7 +58,7 @@ class EMA:
         """Fold the current weights in; returns the β used."""
         beta = self.beta(self.updates)
         names = list(self.shadow)
-        params = dict(model.named_parameters())
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         if set(names) != set(params):
             raise ValueError("EMA.update: the model's parameters are not the ones the EMA was made for")
         shadow = [_local(self.shadow[n]) for n in names]

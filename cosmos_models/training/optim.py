@@ -14,8 +14,8 @@ GRAD_CLIP = 0.1  # the official trainer's max gradient norm
 
 
 def adamw(model: nn.Module, lr: float, weight_decay: float, *, fused: bool | None = None) -> torch.optim.AdamW:
-    return torch.optim.AdamW(model.parameters(), lr=lr, betas=ADAMW_BETAS, eps=1e-8, weight_decay=weight_decay,
-                             fused=fused)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # (LoRA: the adapters only)
+    return torch.optim.AdamW(trainable, lr=lr, betas=ADAMW_BETAS, eps=1e-8, weight_decay=weight_decay, fused=fused)
 
 
 def clip(model: nn.Module, max_norm: float = GRAD_CLIP) -> float:

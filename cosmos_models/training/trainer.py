@@ -68,7 +68,7 @@ import cosmos_models as cm
 from cosmos_kernels import ulysses
 from cosmos_models.data import prepare
 from cosmos_models.nets import flops
-from cosmos_models.training import objective as flow
+from cosmos_models.training import lora, objective as flow
 from cosmos_models.training import optim, parallel, sac
 from cosmos_models.training.ema import EMA
 from cosmos_models.training.runner import PRECISIONS, Run, RunConfig, RunShape, positive_int, rows_of
@@ -104,6 +104,8 @@ class TrainConfig(RunConfig):
     shift: float | None = None
     loss_scale: float = flow.OFFICIAL_LOSS_SCALE
     overfit_batch: bool = False
+    lora: str | None = None            # "RANK[:ALPHA]": train LoRA adapters only (training/lora.py)
+    lora_targets: str | None = None    # comma-separated block projections (default: attention + MLP)
 
 
 def shift_for_resolution(size: tuple[int, int]) -> float:
@@ -191,7 +193,9 @@ class Trainer(Run):
         cfg, r = self.cfg, self.r
         images = {"image_prob": cfg.image_prob, "image_batch": r.image_batch * self.layout.dp_size,
                   "image_data": None if cfg.image_data is None else os.path.abspath(cfg.image_data)}
-        return {**super().identity(), **(images if cfg.image_prob > 0 else {"image_prob": 0.0})}
+        lora_id = {} if cfg.lora is None else {"lora": f"{cfg.lora} on {','.join(lora.parse_targets(cfg.lora_targets))}",
+                                               "init": None if cfg.init is None else os.path.abspath(cfg.init)}
+        return {**super().identity(), **(images if cfg.image_prob > 0 else {"image_prob": 0.0}), **lora_id}
 
     def build_loader(self, data_root: str):
         cfg, lay, r = self.cfg, self.layout, self.r
@@ -207,6 +211,12 @@ class Trainer(Run):
         self.model = cm.build(self.model_cfg, device=lay.device, dtype=torch.float32, cp_group=lay.cp_group)
         if cfg.init is not None:
             cm.load_checkpoint(self.model, cfg.init)
+        self.lora = None
+        if cfg.lora is not None:  # adapters on the loaded base, everything else frozen
+            rank, alpha = lora.parse_lora(cfg.lora)
+            torch.manual_seed(cfg.seed + 1)  # the adapters' A init, the same on every rank
+            lora.add_lora(self.model, rank, alpha, lora.parse_targets(cfg.lora_targets))
+            self.lora = self.model.lora_config
         self.checkpointed_blocks = sac.apply(self.model, r.sac)
         parallel.shard_model(self.model, lay, self.compute_dtype)
         self.optimizer = optim.adamw(self.model, r.lr, r.weight_decay)
@@ -377,22 +387,43 @@ class Trainer(Run):
     def model_state(self) -> dict:
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=self._state_options())
         return {"model": model_sd, "optim": optim_sd, "ema": self.ema.shadow,
                 "trainer": {"ema_updates": self.ema.updates, "scheduler": json.dumps(self.scheduler.state_dict())}}
 
     def restore(self, state: dict) -> None:
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                       options=self._state_options(loading=True))
         self.ema.load_state_dict({"shadow": state["ema"], "updates": state["trainer"]["ema_updates"]})
         self.scheduler.load_state_dict(json.loads(state["trainer"]["scheduler"]))
+
+    def _state_options(self, loading: bool = False):
+        """A LoRA run checkpoints the adapters only: the frozen base comes from --init every time (so a
+        load fills the adapters and leaves the base as built)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        frozen_out = self.lora is not None
+        return StateDictOptions(ignore_frozen_params=frozen_out, strict=not (frozen_out and loading))
 
     def export(self) -> None:
         self.export_ema(os.path.join(self.cfg.out, "ema.safetensors"))
 
     def export_ema(self, path: str) -> None:
-        """The EMA weights as a safetensors file with our (official) names (rank 0 writes; all gather)."""
+        """The EMA weights as a safetensors file with our (official) names (rank 0 writes; all gather).
+        A LoRA run writes its EMA adapters to <out>/lora.safetensors and the base with them merged here."""
         from cosmos_models.nets.checkpoint import write_weights
 
-        write_weights(self.model_cfg, self.ema.full_state_dict(), path)
+        averaged = self.ema.full_state_dict()
+        if self.lora is None:
+            write_weights(self.model_cfg, averaged, path)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if averaged is None:  # (ranks other than 0 took part in the gathers only)
+            return
+        full = {**{k: v.float() for k, v in full.items()}, **averaged}
+        lora.save_adapter(os.path.join(self.cfg.out, "lora.safetensors"), averaged, self.lora, self.model_cfg.name)
+        write_weights(self.model_cfg, lora.merged_state_dict(full, self.lora["rank"], self.lora["alpha"]), path)

@@ -1,0 +1,157 @@
+"""LoRA post-training (`cosmos train --lora RANK[:ALPHA]`), with peft's adapters on our DiT's own modules.
+
+    cosmos train --config predict2.5-2b --init base.pt --data DATASET --lora 16 --out runs/lora
+    cosmos sample --checkpoint base.pt --lora runs/lora/lora.safetensors:0.8 ...     # unmerged, scaled
+    cosmos sample --checkpoint runs/lora/ema.safetensors ...                          # merged at export
+    cosmos export --checkpoint base.pt --lora runs/lora/lora.safetensors --out merged.safetensors
+
+peft (`inject_adapter_in_model`) wraps the chosen nn.Linear layers in place, so our blocks, fused
+kernels, SAC and FSDP2 see the same modules with a low-rank update beside them (W x + (alpha/r) B A x;
+B starts at zero, so step 0 is the base model). The default targets are the attention (self and cross:
+q, k, v, output) and MLP projections of every block, as the official LoRA post-training adapts. Every
+other parameter is frozen: only the adapters are in the optimizer, the EMA and the checkpoints (the base
+weights come from --init each time, which run.json records); at the end the EMA adapters are written on
+their own (<out>/lora.safetensors, with rank, alpha and targets as metadata) and merged into the base
+(<out>/ema.safetensors, plain names, loadable anywhere).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import torch
+from torch import Tensor, nn
+
+from cosmos_models._deps import require
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "output_proj", "layer1", "layer2")
+ADAPTER = "default"  # peft's adapter name
+_KINDS = {"q_proj": "attn", "k_proj": "attn", "v_proj": "attn", "output_proj": "attn", "layer1": "mlp",
+          "layer2": "mlp"}
+
+
+def parse_lora(spec: str) -> tuple[int, float]:
+    """'16' -> (16, 16.0); '16:32' -> (16, 32.0)."""
+    rank, _, alpha = str(spec).partition(":")
+    try:
+        r = int(rank)
+        a = float(alpha) if alpha else float(r)
+    except ValueError:
+        raise ValueError(f"--lora {spec!r}: expected RANK or RANK:ALPHA (e.g. 16 or 16:32)") from None
+    if r < 1 or not a > 0:
+        raise ValueError(f"--lora {spec!r}: rank must be >= 1 and alpha > 0")
+    return r, a
+
+
+def parse_targets(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return DEFAULT_TARGETS
+    targets = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in targets if t not in _KINDS]
+    if unknown:
+        raise ValueError(f"--lora-targets: {unknown} are not projections of a block; choose from {sorted(_KINDS)}")
+    return targets
+
+
+def _pattern(targets: tuple[str, ...]) -> str:
+    # the blocks' projections only (not the embedders, AdaLN modulation or the final layer)
+    attn = [t for t in targets if _KINDS[t] == "attn"]
+    mlp = [t for t in targets if _KINDS[t] == "mlp"]
+    parts = []
+    if attn:
+        parts.append(rf"blocks\.\d+\.(self_attn|cross_attn)\.({'|'.join(attn)})")
+    if mlp:
+        parts.append(rf"blocks\.\d+\.mlp\.({'|'.join(mlp)})")
+    return rf"^({'|'.join(parts)})$"
+
+
+def add_lora(model: nn.Module, rank: int, alpha: float, targets: tuple[str, ...] = DEFAULT_TARGETS) -> int:
+    """Wrap the target projections with LoRA adapters and freeze everything else; returns how many
+    layers were adapted."""
+    peft = require("peft", "LoRA (--lora)")
+    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
+                             target_modules=_pattern(targets))
+    peft.inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    adapted = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(".lora_" in name)
+    for module in model.modules():
+        if hasattr(module, "lora_A"):
+            adapted += 1
+    if adapted == 0:
+        raise ValueError(f"--lora: no layer matched the targets {targets}")
+    model.lora_config = {"rank": rank, "alpha": alpha, "targets": list(targets)}
+    return adapted
+
+
+def is_adapter_key(name: str) -> bool:
+    return ".lora_" in name
+
+
+def merged_state_dict(state: dict[str, Tensor], rank: int, alpha: float, scale: float = 1.0) -> dict[str, Tensor]:
+    """A peft-wrapped model's full state dict -> plain names with W + scale * (alpha / rank) * B @ A."""
+    out, scaling = {}, scale * alpha / rank
+    for name, value in state.items():
+        if is_adapter_key(name):
+            continue
+        if ".base_layer." in name:
+            stem = name.split(".base_layer.")[0]
+            plain = name.replace(".base_layer.", ".")
+            a = state.get(f"{stem}.lora_A.{ADAPTER}.weight")
+            b = state.get(f"{stem}.lora_B.{ADAPTER}.weight")
+            if name.endswith(".weight") and a is not None and b is not None:
+                value = (value.float() + scaling * (b.float() @ a.float())).to(value.dtype)
+            out[plain] = value
+        else:
+            out[name] = value
+    return out
+
+
+def save_adapter(path: str, adapters: dict[str, Tensor], config: dict, model_config: str) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in adapters.items() if is_adapter_key(k)}
+    meta = {"format": "cosmos-lora", "rank": str(config["rank"]), "alpha": str(config["alpha"]),
+            "targets": json.dumps(config["targets"]), "config": model_config}
+    tmp = path + ".tmp"
+    save_file(tensors, tmp, metadata=meta)
+    import os
+
+    os.replace(tmp, path)
+
+
+def read_adapter(spec: str) -> tuple[dict[str, Tensor], dict, float]:
+    """FILE[:SCALE] -> (adapter tensors, {"rank", "alpha", "targets", "config"}, scale)."""
+    from safetensors import safe_open
+
+    path, scale = spec, 1.0
+    found = re.match(r"^(.*\.safetensors):([0-9.eE+-]+)$", spec)
+    if found:
+        path, scale = found.group(1), float(found.group(2))
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - reported as one line
+        raise ValueError(f"--lora {path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+    if meta.get("format") != "cosmos-lora":
+        raise ValueError(f"--lora {path}: not a LoRA adapter written by cosmos train --lora (no cosmos-lora metadata)")
+    config = {"rank": int(meta["rank"]), "alpha": float(meta["alpha"]), "targets": json.loads(meta["targets"]),
+              "config": meta.get("config")}
+    return tensors, config, scale
+
+
+def apply_adapter(model: nn.Module, spec: str) -> dict:
+    """--lora FILE[:SCALE] on a loaded model, unmerged (the adapters' scale times SCALE)."""
+    tensors, config, scale = read_adapter(spec)
+    add_lora(model, config["rank"], config["alpha"] * scale, tuple(config["targets"]))
+    missing = [k for k in model.state_dict() if is_adapter_key(k) and k not in tensors]
+    unexpected = [k for k in tensors if k not in model.state_dict()]
+    if missing or unexpected:
+        raise ValueError(f"--lora {spec}: does not fit this model ({len(missing)} adapter weights missing, "
+                         f"{len(unexpected)} unexpected, e.g. {(missing + unexpected)[:2]})")
+    with torch.no_grad():
+        model.load_state_dict(tensors, strict=False)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return {**config, "scale": scale}
