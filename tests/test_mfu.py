@@ -227,3 +227,15 @@ def test_nvtx_ranges_on_a_torch_without_nvtx_are_a_clear_error(monkeypatch):
     monkeypatch.setattr(ranges, "nvtx_available", lambda: False)
     with pytest.raises(ValueError, match="no NVTX binding"):
         ranges.PartRanges(torch.nn.Linear(2, 2), nvtx=True)
+
+
+def test_lora_step_is_measured_with_its_own_useful_flops():
+    pytest.importorskip("peft")
+    settings = mfu.StepSettings("tiny", steps=2, warmup=1, lora="4")
+    result = mfu.measure(settings, "cpu")
+    assert "lora=4" in result["label"] and result["step_time_s"] > 0 and result["memory"]
+    flops = result["flops"]
+    # the frozen weights' gradient matmuls are not done: one forward's matmul FLOPs fewer
+    assert flops["useful_train_step"] == flops["total_train_step"] - flops["matmul_forward"]
+    with pytest.raises(ValueError, match="--lora"):
+        mfu.StepSettings("tiny", lora="x")

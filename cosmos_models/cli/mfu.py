@@ -33,6 +33,8 @@ def add_step_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=3, help="warm-up steps")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads while measuring (default: torch's)")
+    p.add_argument("--lora", default=None, metavar="RANK[:ALPHA]",
+                   help="time the LoRA step (adapters on the block projections, the rest frozen)")
     p.add_argument("--peak", default="auto", help="h100 | measured | TFLOP/s number (default: h100 on GPU, "
                                                     "measured fp32 matmul on CPU)")
 
@@ -40,7 +42,8 @@ def add_step_arguments(p: argparse.ArgumentParser) -> None:
 def settings_from_args(args) -> StepSettings:
     return StepSettings(config=args.config, resolution=args.resolution, frames=args.frames, batch=args.batch,
                         cp=args.cp, sac=args.sac, text_len=args.text_len, precision=args.precision,
-                        backend=args.kernel_backend, steps=args.steps, warmup=args.warmup, threads=args.threads)
+                        backend=args.kernel_backend, steps=args.steps, warmup=args.warmup, threads=args.threads,
+                        lora=args.lora)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -76,6 +76,7 @@ class StepSettings:
     steps: int = 10
     warmup: int = 3
     threads: int | None = None
+    lora: str | None = None  # "RANK[:ALPHA]": the LoRA step (adapters trained, the rest frozen)
 
     def __post_init__(self):
         cfg = cm.get_config(self.config)
@@ -92,6 +93,9 @@ class StepSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         self.pixels(cfg)  # validates the resolution
+        if self.lora is not None:
+            from cosmos_models.training.lora import parse_lora
+            parse_lora(self.lora)
 
     def pixels(self, cfg=None) -> tuple[int, int, int]:
         """(frames, height, width) in pixels."""
@@ -117,7 +121,7 @@ class StepSettings:
         frames, h, w = self.pixels()
         parts = [self.config, f"{h}x{w}x{frames}", f"B{self.batch}"]
         parts += [f"cp{self.cp}"] * (self.cp > 1) + [f"sac={self.sac}"] * (self.sac != "none")
-        parts += [f"threads={self.threads}"] * (self.threads is not None)
+        parts += [f"threads={self.threads}"] * (self.threads is not None) + [f"lora={self.lora}"] * (self.lora is not None)
         return " ".join(parts)
 
 
@@ -136,7 +140,7 @@ class TrainerStep:
         cfg = TrainConfig(config=settings.config, out=self.folder, resolution=f"{height}x{width}", frames=frames,
                           batch=settings.batch, cp=settings.cp, sac=settings.sac, precision=settings.precision,
                           device=str(self.device), kernel_backend=settings.backend, steps=10 ** 9, save_every=0,
-                          log_every=10 ** 9, progress=False)
+                          log_every=10 ** 9, progress=False, lora=settings.lora)
         model_cfg = cm.get_config(settings.config)
         latent = (latent_frames(frames), height // SPATIAL_COMPRESSION, width // SPATIAL_COMPRESSION)
         batches = RandomLatents(model_cfg, batch=settings.batch, latent_shape=latent, text_len=settings.text_len)
@@ -250,6 +254,10 @@ def _measure_step(step: TrainerStep, settings: StepSettings, device: torch.devic
         raise RuntimeError(f"{settings.label()}: the training loss is not finite ({float(loss)})")
 
     useful = step.count["total_train_step"]
+    if settings.lora is not None:
+        # frozen weights get no gradient: the backward's weight-gradient matmuls (one forward's matmul
+        # FLOPs) are not done; the rank-r adapters' own FLOPs are too small to count
+        useful -= step.count["matmul_forward"]
     achieved = useful / step_time
     measured, measured_label = matmul_peak(device, torch.bfloat16 if precision != "fp32" else torch.float32)
     peaks = {"h100": (H100_SXM_BF16_DENSE, "H100 SXM bf16 dense (datasheet)"), "measured": (measured, measured_label)}
@@ -268,8 +276,9 @@ def _measure_step(step: TrainerStep, settings: StepSettings, device: torch.devic
         "label": settings.label(),
         "precision": precision,
         "environment": environment(device),
-        "flops": {k: step.count[k] for k in ("total_train_step", "total_forward", "total_backward", "matmul_forward",
-                                              "attention_forward", "parts", "grid", "tokens", "cp")},
+        "flops": {**{k: step.count[k] for k in ("total_train_step", "total_forward", "total_backward", "matmul_forward",
+                                                 "attention_forward", "parts", "grid", "tokens", "cp")},
+                  "useful_train_step": useful},
         "step_time_s": step_time,
         "step_time_repeats_s": medians,
         "step_times_s": all_times,
