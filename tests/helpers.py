@@ -76,32 +76,3 @@ def assert_curves_close(a, b, rtol=1e-4):
     for (step, x), (_, y) in zip(a, b):
         assert math.isfinite(x) and abs(x - y) <= rtol * abs(y), (step, x, y, a, b)
 
-
-TINY_ENCODER_WORDS = ("a robot arm picks up the red cube blue car drives on road over camera moves you are helpful assistant who "
-         "will provide prompts to an image generator . , video captures series of frames showing ugly scenes").split()
-TINY_ENCODER_LAYERS, TINY_ENCODER_HIDDEN = 2, 24  # 2 x 24 = 48 features: the tiny DiT's text_channels
-
-
-def make_tiny_text_encoder(folder, seed=0):
-    """A tiny random Qwen2.5-VL (nothing downloaded): A transformers-format Qwen2.5-VL folder with a chat template, as Cosmos-Reason1-7B is laid out."""
-    import transformers
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "[UNK]"]
-    vocab = {t: i for i, t in enumerate(special + ["system", "user"] + sorted(set(TINY_ENCODER_WORDS) - {"system", "user"}))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="<|endoftext|>",
-                                                eos_token="<|im_end|>", additional_special_tokens=special[1:3])
-    fast.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-                          "{% endfor %}")
-    fast.save_pretrained(folder)
-    cfg = transformers.Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=64, hidden_size=TINY_ENCODER_HIDDEN, intermediate_size=48, num_hidden_layers=TINY_ENCODER_LAYERS,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
-                         rope_scaling={"type": "mrope", "mrope_section": [2, 2, 2]}, bos_token_id=0, eos_token_id=2),
-        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=TINY_ENCODER_HIDDEN,
-                           fullatt_block_indexes=[0]), bos_token_id=0, eos_token_id=2)
-    torch.manual_seed(seed)
-    transformers.Qwen2_5_VLForConditionalGeneration(cfg).save_pretrained(folder)
-    return str(folder)

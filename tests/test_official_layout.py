@@ -10,7 +10,7 @@ import torch
 
 from cosmos_models import cli
 from cosmos_models.data import clips as D
-from helpers import make_tiny_text_encoder
+from cosmos_models.nets.tiny_text_encoder import make_tiny_text_encoder
 
 pytest.importorskip("transformers")
 

@@ -11,7 +11,7 @@ from cosmos_models import cli
 from cosmos_models.data.video_io import read_video, write_video
 from cosmos_models.sampling import record
 from cosmos_models.sampling.specs import CAMERAS, SampleSpec, SpecError, read_specs
-from helpers import make_tiny_text_encoder
+from cosmos_models.nets.tiny_text_encoder import make_tiny_text_encoder
 
 pytest.importorskip("transformers")
 cv2 = pytest.importorskip("cv2", reason="opencv-python-headless is not installed (the image input is a .png)")

@@ -14,7 +14,8 @@ from cosmos_models.data.clips import load_sidecar
 from cosmos_models.data.video_io import read_video
 from cosmos_models.nets import text, text_encoder as te
 from cosmos_models.sampling.presets import DEFAULT_NEGATIVE_PROMPT
-from helpers import TINY_ENCODER_HIDDEN, TINY_ENCODER_LAYERS, make_tiny_text_encoder
+from cosmos_models.nets.tiny_text_encoder import HIDDEN as TINY_ENCODER_HIDDEN, LAYERS as TINY_ENCODER_LAYERS, \
+    make_tiny_text_encoder
 
 transformers = pytest.importorskip("transformers")
 

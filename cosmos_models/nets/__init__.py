@@ -11,6 +11,7 @@
     block_autoencoder.py  the tiny configs' autoencoder: a block PCA in the WAN VAE's latent layout
     text.py         text embeddings: the Reason1 (Qwen2.5-VL) encoder and precomputed embeddings
     text_encoder.py prompts to embeddings for users: find the encoder (never downloading), disk cache
+    tiny_text_encoder.py  a tiny random Qwen2.5-VL in Reason1's layout for the tiny configs
 
 May import: cosmos_kernels, cosmos_models._deps, and each other. Nothing from data/, sampling/,
 training/, distill/, perf/, cli/ or bench/ (tests/test_import_graph.py enforces it).
