@@ -29,12 +29,12 @@ class CMakeBuild(build_ext):
         build_dir.mkdir(parents=True, exist_ok=True)
         cmake = shutil.which("cmake")
         if cmake is None:
-            self._skip("cmake was not found")
+            self._skip("cmake was not found", ext)
             return
         try:
             import pybind11
         except ImportError:
-            self._skip("pybind11 is not installed")
+            self._skip("pybind11 is not installed", ext)
             return
         args = [
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
@@ -52,10 +52,23 @@ class CMakeBuild(build_ext):
         except (subprocess.CalledProcessError, OSError) as exc:
             if os.environ.get("COSMOS_KERNELS_REQUIRE_EXT") == "1":
                 raise
-            self._skip(f"the build of csrc/ failed ({exc})")
+            self._skip(f"the build of csrc/ failed ({exc})", ext)
+
+    skipped: set = set()  # the extensions whose build was skipped (no cmake or pybind11, or it failed)
+
+    def copy_extensions_to_source(self):
+        # a skipped extension has nothing to copy into the tree (an editable install copies each built
+        # extension, and a missing one stopped the pure-Python install the skip promises)
+        self.extensions = [e for e in self.extensions if e.name not in self.skipped]
+        super().copy_extensions_to_source()
+
+    def _skip(self, why, ext=None):
+        if ext is not None:
+            self.skipped.add(ext.name)
+        self._say_skip(why)
 
     @staticmethod
-    def _skip(why):
+    def _say_skip(why):
         print(
             f"\n*** cosmos-kernels: {why}; installing the pure-Python package without "
             "cosmos_kernels._C (backend 'cuda' will be unavailable; 'triton' and 'torch' work). "
