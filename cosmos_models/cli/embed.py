@@ -20,15 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 
 import torch
 
-from cosmos_models.nets.text_encoder import ENV_CACHE, ENV_ENCODER, PromptEncoder
+from cosmos_models.nets.text_encoder import ENV_CACHE, ENV_ENCODER, PromptEncoder, cache_dir_flag, write_embedding
+from cosmos_models.sampling.specs import FILE_NAME
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +84,7 @@ def read_prompts(path: str) -> list[tuple[str, str]]:
             raise ValueError(f"--prompts {path} entry {i}: expected a prompt text or an object with a non-empty "
                              f"\"prompt\" string, got {json.dumps(entry)[:200]}")
         name = entry.get("name", f"prompt_{i:05d}")
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not FILE_NAME.match(name):
             raise ValueError(f"--prompts {path} entry {i}: \"name\" {name!r} is not a file name (letters, digits, "
                              "'.', '_', '-')")
         pairs.append((name, entry["prompt"]))
@@ -106,15 +105,10 @@ def run(args) -> int:
     pairs = read_prompts(args.prompts)
     os.makedirs(args.out, exist_ok=True)
     todo = [(n, p) for n, p in pairs if args.overwrite or not os.path.exists(os.path.join(args.out, n + ".pt"))]
-    cache = args.embedding_cache
-    encoder = PromptEncoder(args.text_encoder, device=args.device,
-                            cache_dir=False if cache is not None and cache.lower() == "none" else cache)
+    encoder = PromptEncoder(args.text_encoder, device=args.device, cache_dir=cache_dir_flag(args.embedding_cache))
     for name, prompt in todo:
         (emb,) = encoder(prompt)
-        target = os.path.join(args.out, name + ".pt")
-        tmp = target + ".tmp"
-        torch.save({"embedding": emb.to(DTYPES[args.dtype]).contiguous()}, tmp)
-        os.replace(tmp, target)
+        write_embedding(os.path.join(args.out, name + ".pt"), emb, DTYPES[args.dtype])
     encoder.release()
     kept = len(pairs) - len(todo)
     print(f"cosmos embed: wrote {len(todo)} embedding(s) to {args.out} with {encoder.path} ({encoder.hits} from the "
@@ -131,10 +125,9 @@ def _run_data(args) -> int:
             not os.path.isdir(os.path.join(args.data, clips.OFFICIAL_CAPTIONS)):
         raise FileNotFoundError(f"--data {args.data}: expected the official layout, {clips.OFFICIAL_VIDEOS}/*.mp4 and "
                                 f"{clips.OFFICIAL_CAPTIONS}/<name>.txt inside it")
-    cache = args.embedding_cache
     counts = embed_captions(args.data, text_encoder=args.text_encoder, device=args.device,
-                            cache_dir=False if cache is not None and cache.lower() == "none" else cache,
-                            dtype=DTYPES[args.dtype], overwrite=args.overwrite)
+                            cache_dir=cache_dir_flag(args.embedding_cache), dtype=DTYPES[args.dtype],
+                            overwrite=args.overwrite)
     print(f"cosmos embed: {counts['written']} caption(s) embedded into "
           f"{os.path.join(args.data, clips.EMBEDDINGS_DIR)}" + (f" with {counts['encoder']}" if counts["encoder"] else "")
           + f"; {counts['present']} already there; {counts['no_caption']} video(s) without a caption", file=sys.stderr)

@@ -56,10 +56,10 @@ from cosmos_kernels import use_backend
 from cosmos_models.cli.run_flags import add_kernel_backend
 from cosmos_models.nets.checkpoint import config_from_checkpoint, detect_config, read_state_dict, to_ours
 from cosmos_models.nets.text_encoder import ENV_CACHE, ENV_ENCODER, PromptEncoder, TextEncoderNotFound, \
-    locate_text_encoder
+    cache_dir_flag, locate_text_encoder
 from cosmos_models.sampling import presets
 from cosmos_models.sampling.sampler import CHUNK_CONDITIONING, MODES, SOLVERS, Sampler, SamplerWarning, \
-    loud_warning, pixel_chunk_plan, variant_modes
+    condition_pixel_frames, loud_warning, pixel_chunk_plan, variant_modes
 from cosmos_models.sampling.solvers import GRIDS
 from cosmos_models.training.checkpointing import find_latest
 
@@ -337,10 +337,9 @@ def _text_embeddings(jobs: list[Job], args, preset: presets.Preset, guidances: l
     if not texts:
         return "", None
     explicit = any(j.settings.prompt is not None or j.settings.negative_prompt is not None for j in jobs)
-    cache = args.embedding_cache
     try:
         encoder = PromptEncoder(args.text_encoder, device=args.text_encoder_device or device,
-                                cache_dir=False if cache is not None and cache.lower() == "none" else cache)
+                                cache_dir=cache_dir_flag(args.embedding_cache))
     except TextEncoderNotFound:
         if explicit or args.text_encoder is not None:
             raise
@@ -379,8 +378,10 @@ def _check_args(args) -> None:
         raise ValueError("--parallel batch deals out the entries of a --spec; one video uses --parallel context")
     if args.spec is not None and args.out.lower().endswith(".mp4"):
         raise ValueError(f"--out with --spec is a folder (one <name>.mp4 per entry), got {args.out!r}")
-    lora_file = None if args.lora is None else args.lora.rsplit(":", 1)[0] if not args.lora.endswith(".safetensors") \
-        else args.lora
+    lora_file = None
+    if args.lora is not None:
+        from cosmos_models.training.lora import split_spec
+        lora_file = split_spec(args.lora)[0]
     for flag, path in (("--checkpoint", args.checkpoint), ("--student", args.student), ("--vae", args.vae),
                        ("--spec", args.spec), ("--lora", lora_file)):
         if path is not None and not os.path.exists(path):
@@ -430,6 +431,20 @@ def _run(args) -> int:
         group.close()
 
 
+def _model_dtype(args, device: torch.device) -> torch.dtype:
+    return DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+
+def _guidance(a, preset: presets.Preset, distilled: bool) -> float:
+    """A video's guidance: none for a distilled student, else its own or the preset's."""
+    return 0.0 if distilled else (preset.guidance if a.guidance is None else a.guidance)
+
+
+def _steps(a, preset: presets.Preset, distilled: bool) -> int | None:
+    """A video's solver steps: its own, else the preset's; None for a --student (its sampler's default)."""
+    return a.steps if a.steps is not None else (None if distilled and a.student else preset.steps)
+
+
 def _vae_tile(spec: str | None) -> tuple[int, int | None] | None:
     if spec is None:
         return None
@@ -444,6 +459,7 @@ def _dry_run(args, jobs: list[Job]) -> int:
     """The estimate of every video, from the config alone (no weights are loaded unless the config can
     only be found from their shapes)."""
     import cosmos_models as cm
+    from cosmos_models.distill.rcm import STUDENT_STEPS  # (imported when used: start-up stays light)
     from cosmos_models.nets.vae import TINY_CONFIG, WAN21_CONFIG
     from cosmos_models.sampling.estimate import estimate
 
@@ -459,7 +475,7 @@ def _dry_run(args, jobs: list[Job]) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cp = world if args.parallel != "batch" else 1
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = _model_dtype(args, device)
     tile = _vae_tile(args.vae_tile)
     vae_config = TINY_CONFIG if cfg.name.startswith("tiny") else WAN21_CONFIG
     print(f"cosmos sample --dry-run: {cfg.name}, preset {preset.name} (from {why}), {dtype}, "
@@ -470,12 +486,12 @@ def _dry_run(args, jobs: list[Job]) -> int:
             print(f"  {job.error}")
             continue
         a = job.settings
-        guidance = 0.0 if distilled else (preset.guidance if a.guidance is None else a.guidance)
-        steps = a.steps if a.steps is not None else (4 if distilled and args.student else preset.steps)
+        guidance = _guidance(a, preset, distilled)
+        steps = _steps(a, preset, distilled) or STUDENT_STEPS
         total = a.frames or cfg.num_frames
         chunk = min(total, cfg.num_frames)
         chunks = 1 if total <= cfg.num_frames else len(pixel_chunk_plan(total, cfg.num_frames, 0,
-                                                                          _pixel_overlap(a.continuation_frames)))
+                                                                          condition_pixel_frames(a.continuation_frames)))
         controls = _job_controls(a) or []
         est = estimate(cfg, frames=chunk if cfg.variant in ("predict", "transfer") else None, height=a.height,
                        width=a.width, steps=steps, grid=a.grid or preset.grid,
@@ -490,15 +506,9 @@ def _dry_run(args, jobs: list[Job]) -> int:
     return 0
 
 
-def _pixel_overlap(latent_frames: int) -> int:
-    from cosmos_models.nets.vae import pixel_frames
-
-    return pixel_frames(latent_frames) if latent_frames > 0 else 0
-
-
 def _run_in(args, jobs: list[Job], group) -> int:
     device = group.device
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = _model_dtype(args, device)
     lead = group.rank == 0  # says what the run does (every rank of a context-parallel run does the same)
     notes: list[str] = []
     model, model_source = _build_model(args, dtype, notes)
@@ -517,8 +527,7 @@ def _run_in(args, jobs: list[Job], group) -> int:
         print(f"cosmos sample: {note}", file=sys.stderr)
     distilled = args.student is not None or preset.distilled
     runnable = [j for j in jobs if j.error is None]
-    guidances = [0.0 if distilled else (preset.guidance if j.settings.guidance is None else j.settings.guidance)
-                 for j in runnable]
+    guidances = [_guidance(j.settings, preset, distilled) for j in runnable]
     # rank 0 embeds the texts first and fills the disk cache; the other ranks then read it
     if not lead:
         group.barrier()
@@ -574,6 +583,7 @@ def _run_in(args, jobs: list[Job], group) -> int:
 
 
 def _generate(job: Job, guidance: float, c: dict) -> None:
+    from cosmos_models.distill.rcm import STUDENT_STEPS
     from cosmos_models.sampling import record
 
     a, cfg, preset, distilled = job.settings, c["cfg"], c["preset"], c["distilled"]
@@ -596,7 +606,7 @@ def _generate(job: Job, guidance: float, c: dict) -> None:
             raise ValueError(f"{flag} takes one path in {mode} mode (several only for multiview)")
     image = a.image[0] if single and a.image else a.image
     video = a.video[0] if single and a.video else a.video
-    steps = a.steps if a.steps is not None else (None if distilled and a.student else preset.steps)
+    steps = _steps(a, preset, distilled)
     seed = preset.seed if a.seed is None else a.seed
     cond_sigma = preset.condition_sigma if a.condition_sigma is None else (
         None if a.condition_sigma < 0 else a.condition_sigma)
@@ -623,7 +633,7 @@ def _generate(job: Job, guidance: float, c: dict) -> None:
     args, device, dtype = c["args"], c["device"], c["dtype"]
     kind = "rCM student steps" if distilled else f"{a.solver} steps ({grid} grid)"
     print(f"cosmos sample: {job.name}: {mode} with {cfg.name} ({c['model_source']}; VAE: {c['vae_source']}) on "
-          f"{device} {dtype}, preset {preset.name} (from {c['preset_why']}), {len(sampler.last_run)} chunk(s) x {steps or 4} {kind}, "
+          f"{device} {dtype}, preset {preset.name} (from {c['preset_why']}), {len(sampler.last_run)} chunk(s) x {steps or STUDENT_STEPS} {kind}, "
           f"guidance {guidance}, seed {seed}" + (f", {group.world} ranks context parallel" if group.mode == "context"
                                                  else f", rank {group.rank} of {group.world}" if group.world > 1 else ""))
     paths = paths if isinstance(paths, list) else [paths]

@@ -111,7 +111,7 @@ def embed_captions(root: str, *, text_encoder: str | None = None, device=None, c
     DATASET/metas/<name>.txt) with the Reason1 encoder (cosmos_models.nets.text_encoder; loaded only
     if a caption needs it, freed after) into DATASET/text_embeddings/<name>.pt, which the loaders read.
     Returns counts: {"written", "present", "no_caption", "encoder"}."""
-    from cosmos_models.nets.text_encoder import PromptEncoder
+    from cosmos_models.nets.text_encoder import PromptEncoder, write_embedding
 
     videos = D._find_files(root, D.VIDEO_EXTENSIONS)
     todo, counts = [], {"written": 0, "present": 0, "no_caption": 0, "encoder": None}
@@ -139,9 +139,7 @@ def embed_captions(root: str, *, text_encoder: str | None = None, device=None, c
         for target, text in todo:
             (emb,) = encoder(text)
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            tmp = f"{target}.tmp.{os.getpid()}"
-            torch.save({"embedding": emb.to(dtype).contiguous()}, tmp)
-            os.replace(tmp, target)
+            write_embedding(target, emb, dtype)
             counts["written"] += 1
         encoder.release()
     return counts

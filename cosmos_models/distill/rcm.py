@@ -82,6 +82,7 @@ from cosmos_models.sampling.sampler import Sampler
 
 DEFAULT_MID_T = (1.5, 1.4, 1.0)
 DEFAULT_SIGMA_MAX = 80.0
+STUDENT_STEPS = 4             # the few-step sampler's default (rCM's 4 steps)
 CONDITION_SIGMA = 1e-4        # RF timestep of conditioning frames (the public pipeline's)
 _DIMS = (1, 2, 3, 4)          # per-sample reductions over (C, T, H, W)
 
@@ -562,7 +563,7 @@ class StudentSampler(Sampler):
         if guidance_scale not in (None, 0, 0.0):
             raise ValueError(f"guidance_scale={guidance_scale!r}: a distilled student samples without classifier-free "
                              "guidance (it learned the guided teacher); leave it unset or 0")
-        steps = 4 if num_steps is None else num_steps
+        steps = STUDENT_STEPS if num_steps is None else num_steps
         sampling_times(steps, self.mid_t, self.sigma_max)  # validate before any work
         return super().generate(mode, num_steps=steps, guidance_scale=0.0, solver=solver, **kwargs)
 
@@ -584,5 +585,5 @@ class StudentSampler(Sampler):
             cond = Condition(gt, mask.reshape(1, T), CONDITION_SIGMA if condition_sigma is None else condition_sigma)
         inputs = {"fps": cfg.fps, **dict(model_inputs or {})}
         return few_step_sample(self.model, noise, context.to(self.device), generator=generator,
-                               steps=4 if num_steps is None else num_steps, mid_t=self.mid_t,
+                               steps=STUDENT_STEPS if num_steps is None else num_steps, mid_t=self.mid_t,
                                sigma_max=self.sigma_max, condition=cond, model_inputs=inputs, progress=progress)

@@ -50,6 +50,19 @@ def default_cache_dir() -> str:
         "embeddings")
 
 
+def cache_dir_flag(value: str | None) -> str | bool | None:
+    """--embedding-cache DIR | 'none' -> PromptEncoder's cache_dir (None: the default, False: no cache)."""
+    return False if value is not None and value.lower() == "none" else value
+
+
+def write_embedding(path: str, embedding: Tensor, dtype: torch.dtype) -> None:
+    """<name>.pt {"embedding": (tokens, features)} as the data loaders and --prompt-embedding read it,
+    written atomically."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    torch.save({"embedding": embedding.to(dtype).contiguous()}, tmp)
+    os.replace(tmp, path)
+
+
 def _is_model_folder(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "config.json"))
 

@@ -52,7 +52,7 @@ _UNSUPPORTED = {
     "guided_generation_foreground_labels": "guided generation is not implemented",
     "sigma_max": "partial noising of the input video is not implemented",
 }
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # an entry's name names its output file
 _SAMPLE_FIELDS = {"name", "prompt", "prompt_path", "negative_prompt", "seed", "guidance", "num_steps", "steps",
                   "input_path", "video_path", "max_frames", "num_output_frames", "frames", "resolution", "height",
                   "width", "num_conditional_frames", "num_input_frames", "inference_type", "mode", "image", "video",
@@ -146,7 +146,7 @@ def _entry(origin: str, entry, defaults: dict, base: str, index: int) -> SampleS
             raise _fail(origin, key, f"only {json.dumps(_OFF_ONLY[key])} is supported")
     get = _Getter(origin, merged, base)
     name = merged.get("name", f"sample_{index:05d}")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not FILE_NAME.match(name):
         raise _fail(origin, "name", f"{name!r} is not a file name (letters, digits, '.', '_', '-')")
     s: dict = {}
     prompt = get.text("prompt")

@@ -72,15 +72,11 @@ def add_lora(model: nn.Module, rank: int, alpha: float, targets: tuple[str, ...]
     config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
                              target_modules=_pattern(targets))
     peft.inject_adapter_in_model(config, model, adapter_name=ADAPTER)
-    adapted = 0
     for name, p in model.named_parameters():
-        p.requires_grad_(".lora_" in name)
-    for module in model.modules():
-        if hasattr(module, "lora_A"):
-            adapted += 1
+        p.requires_grad_(is_adapter_key(name))
+    adapted = sum(hasattr(module, "lora_A") for module in model.modules())
     if adapted == 0:
         raise ValueError(f"--lora: no layer matched the targets {targets}")
-    model.lora_config = {"rank": rank, "alpha": alpha, "targets": list(targets)}
     return adapted
 
 
@@ -120,14 +116,17 @@ def save_adapter(path: str, adapters: dict[str, Tensor], config: dict, model_con
     os.replace(tmp, path)
 
 
+def split_spec(spec: str) -> tuple[str, float]:
+    """FILE[:SCALE] -> (FILE, SCALE); the scale defaults to 1."""
+    found = re.match(r"^(.*\.safetensors):([0-9.eE+-]+)$", spec)
+    return (found.group(1), float(found.group(2))) if found else (spec, 1.0)
+
+
 def read_adapter(spec: str) -> tuple[dict[str, Tensor], dict, float]:
     """FILE[:SCALE] -> (adapter tensors, {"rank", "alpha", "targets", "config"}, scale)."""
     from safetensors import safe_open
 
-    path, scale = spec, 1.0
-    found = re.match(r"^(.*\.safetensors):([0-9.eE+-]+)$", spec)
-    if found:
-        path, scale = found.group(1), float(found.group(2))
+    path, scale = split_spec(spec)
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}

@@ -144,6 +144,10 @@ def resolve_run(cfg: RunConfig, device_type: str, *, needs_data: bool = True) ->
         positive_int(name, getattr(cfg, name), 0)
     for kind in loggers.parse_kinds(cfg.log_to):  # a missing package is said before any work
         require(kind, f"--log-to {kind}")
+    if cfg.text_encoder is not None:  # so is a missing text encoder (rank 0 embeds the captions later)
+        from cosmos_models.nets.text_encoder import locate_text_encoder
+        require("transformers", "--text-encoder")
+        locate_text_encoder(cfg.text_encoder)
     if not (isinstance(cfg.dist_timeout, (int, float)) and cfg.dist_timeout > 0 and math.isfinite(cfg.dist_timeout)):
         raise ValueError(f"--dist-timeout must be a number of seconds > 0, got {cfg.dist_timeout!r}")
     if cfg.cp > 1:
@@ -357,11 +361,10 @@ class Run:
                                       clips=cfg.synthetic_clips, vae_dir=os.path.join(cfg.out, "vae"),
                                       device=torch.device("cpu"))
         if cfg.text_encoder is not None:  # the official layout's captions, embedded once (rank 0), then read
-            if self.is_main:
-                counts = prepare.embed_captions(self.data_root, text_encoder=cfg.text_encoder, device=lay.device)
-                if counts["written"]:
-                    self.print(f"cosmos {self.name}: embedded {counts['written']} captions with {counts['encoder']}")
-            dist.barrier()
+            counts = self._on_main(lambda: prepare.embed_captions(self.data_root, text_encoder=cfg.text_encoder,
+                                                                  device=lay.device))
+            if counts["written"] and self.is_main:
+                self.print(f"cosmos {self.name}: embedded {counts['written']} captions with {counts['encoder']}")
         if cfg.cache_latents:
             prepare.cache_latents(self.data_root, self.vae(), num_frames=shape.frames, fps=self.model_cfg.fps,
                                   size=shape.size, rank=lay.rank, world=lay.world, device=lay.device)

@@ -214,9 +214,10 @@ class Trainer(Run):
         self.lora = None
         if cfg.lora is not None:  # adapters on the loaded base, everything else frozen
             rank, alpha = lora.parse_lora(cfg.lora)
+            targets = lora.parse_targets(cfg.lora_targets)
             torch.manual_seed(cfg.seed + 1)  # the adapters' A init, the same on every rank
-            lora.add_lora(self.model, rank, alpha, lora.parse_targets(cfg.lora_targets))
-            self.lora = self.model.lora_config
+            lora.add_lora(self.model, rank, alpha, targets)
+            self.lora = {"rank": rank, "alpha": alpha, "targets": list(targets)}
         self.checkpointed_blocks = sac.apply(self.model, r.sac)
         parallel.shard_model(self.model, lay, self.compute_dtype)
         self.optimizer = optim.adamw(self.model, r.lr, r.weight_decay)
