@@ -1,5 +1,6 @@
 """The sampling pipeline on tiny random models (CPU): modes, conditioning, guidance, chunking, mp4, CLI."""
 import math
+import os
 import warnings
 
 import numpy as np
@@ -317,6 +318,38 @@ def test_multiview_per_view(vae):
     assert rel(swapped[0], out[0]) > 1e-3
     with pytest.raises(ValueError, match="one image / video per view"):
         s.generate("multiview", **run_kw(s, prompt_embedding=prompts, image=images[:2], num_views=3))
+
+
+def test_multiview_views_by_camera_name(tmp_path, capsys):
+    """--views: the official camera names set the views' camera conditioning and their count; the
+    sidecar records the indices; a wrong name, a repeated one or an index the model has no embedding
+    for is one clear error."""
+    import json
+    from cosmos_models.cli.sample import camera_indices
+
+    assert camera_indices(["front_wide", "camera_cross_left_120fov", "camera_rear_tele_30fov"]) == [0, 5, 3]
+    with pytest.raises(ValueError, match="not an official camera"):
+        camera_indices(["front"])
+    with pytest.raises(ValueError, match="named twice"):
+        camera_indices(["rear", "camera_rear_tele_30fov"])
+    images = []
+    for v in range(2):
+        path = tmp_path / f"view{v}.mp4"
+        write_video(path, moving_square(5), 16.0, codec="mpeg4")
+        images.append(str(path))
+    out = tmp_path / "mv.mp4"
+    common = ["sample", "--mode", "multiview", "--config", "tiny-multiview", "--steps", "1", "--no-progress",
+              "--guidance", "0", "--kernel-backend", "torch", "--condition-frames", "1"]
+    assert cli.main([*common, "--views", "front_wide", "cross_left", "--video", *images, "--out", str(out)]) == 0
+    record = json.loads((tmp_path / "mv.json").read_text())
+    assert record["view_indices"] == [0, 5] and record["num_views"] == 2
+    assert all(os.path.isfile(p) for p in record["outputs"]) and len(record["outputs"]) == 2
+    capsys.readouterr()
+    assert cli.main([*common, "--views", "front_wide", "--view-indices", "0", "--video", images[0],
+                     "--out", str(out)]) == 2
+    assert "--views or --view-indices, not both" in capsys.readouterr().err
+    assert cli.main([*common, "--view-indices", "0", "9", "--video", *images, "--out", str(out)]) == 2
+    assert "camera indices must be in [0, 7)" in capsys.readouterr().err
 
 
 def test_action_autoregressive(vae):

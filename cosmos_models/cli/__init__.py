@@ -20,6 +20,7 @@ COMMANDS = {
     "distill": ("cosmos_models.cli.distill", "rCM timestep distillation of a trained teacher"),
     "sample": ("cosmos_models.cli.sample", "generate videos (text/image/video2world, transfer, multiview, action)"),
     "embed": ("cosmos_models.cli.embed", "prompts to text-embedding files (the Reason1 encoder)"),
+    "control": ("cosmos_models.cli.control", "Transfer2.5 control videos (edge, blur, depth, seg) from a video"),
     "export": ("cosmos_models.cli.export", "merge a LoRA adapter into a checkpoint (one safetensors file)"),
     "mfu": ("cosmos_models.cli.mfu", "record / check MFU baselines"),
 }

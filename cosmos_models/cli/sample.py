@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -106,10 +107,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="transfer modalities (edge, blur (vis), depth, seg), each optionally with its own checkpoint, a weight "
            "and a mask (see below)")
     a("--control-video", nargs="+", default=[], metavar="MODALITY=PATH",
-      help="given control videos (depth and seg must be given; edge / blur are computed)")
+      help="given control videos (edge / blur are computed when not given; depth / seg computed by --depth-model / "
+           "--seg-model when not given)")
+    a("--depth-model", default=None, metavar="FOLDER",
+      help="transformers depth estimator (e.g. Depth-Anything-V2) computing the depth control from the input video")
+    a("--seg-model", default=None, metavar="FOLDER",
+      help="transformers segmenter (Segformer, Mask2Former, ...) computing the seg control from the input video")
     a("--edge-preset", default="medium", help="Canny threshold preset of the edge control")
     a("--blur-preset", default="medium", help="preset of the blur control")
-    a("--actions", default=None, help="action mode: (chunks*K, 7) actions (.pt/.npy/.safetensors)")
+    a("--actions", default=None,
+      help="action mode: an official annotation .json (per-frame \"state\" + \"continuous_gripper_state\", or "
+           "\"action\") or (chunks*K, 7) actions (.pt/.npy/.safetensors)")
     a("--num-views", type=int, default=None, help="multiview: number of views")
     a("--steps", type=int, default=None, help="solver steps (default: the preset's)")
     a("--guidance", type=float, default=None, help="classifier-free guidance, official form cond + g*(cond - uncond); "
@@ -132,6 +140,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--dtype", choices=DTYPES, default=None, help="model dtype (default: bf16 on GPU, fp32 on CPU)")
     add_kernel_backend(parser)
     a("--no-progress", action="store_true")
+    a("--views", nargs="+", default=None, metavar="CAMERA",
+      help="multiview: the camera of each view, in the order of --image / --video, by its official name (front_wide, "
+           "cross_right, rear_right, rear, rear_left, cross_left, front_tele; or camera_front_wide_120fov, ...); "
+           "sets --num-views and the camera conditioning")
     a("--view-indices", type=int, nargs="+", default=None, metavar="CAMERA",
       help="multiview: the camera index of each view (official: front_wide 0, cross_right 1, rear_right 2, rear 3, "
            "rear_left 4, cross_left 5, front_tele 6; default 0, 1, ...)")
@@ -289,7 +301,30 @@ class Job:
     error: str | None = None
 
 
+def camera_indices(names: list[str]) -> list[int]:
+    """--views: official camera names (front_wide, ..., or the long camera_front_wide_120fov form) -> view indices."""
+    from cosmos_models.sampling.specs import CAMERAS
+
+    out = []
+    for name in names:
+        short = re.sub(r"^camera_|_\d+fov$", "", name)
+        short = {"rear_tele": "rear"}.get(short, short)  # the long name of the rear camera is rear_tele_30fov
+        if short not in CAMERAS:
+            raise ValueError(f"--views {name!r}: not an official camera; expected one of {list(CAMERAS)}")
+        out.append(CAMERAS[short])
+    if len(set(out)) != len(out):
+        raise ValueError(f"--views {' '.join(names)}: a camera is named twice")
+    return out
+
+
 def _jobs(args) -> list[Job]:
+    if args.views is not None:
+        if args.view_indices is not None:
+            raise ValueError("pass --views or --view-indices, not both")
+        args.view_indices = camera_indices(args.views)
+        if args.num_views is not None and args.num_views != len(args.view_indices):
+            raise ValueError(f"--num-views {args.num_views} but --views names {len(args.view_indices)} cameras")
+        args.num_views = len(args.view_indices)
     if args.spec is None:
         return [Job(os.path.splitext(os.path.basename(args.out))[0], "the command line", args, args.out)]
     from cosmos_models.sampling.specs import SpecError, read_specs
@@ -312,6 +347,11 @@ def _jobs(args) -> list[Job]:
             setattr(settings, key, value)  # (an entry always sets prompt and prompt_embedding, one of them None)
         jobs.append(Job(entry.name, entry.origin, settings, os.path.join(args.out, entry.name + ".mp4"), chunk))
     return jobs
+
+
+def _control_models(args) -> dict[str, str]:
+    """--depth-model / --seg-model: the networks computing depth / seg controls not given as videos."""
+    return {k: v for k, v in (("depth", args.depth_model), ("seg", args.seg_model)) if v is not None}
 
 
 def _job_controls(a):
@@ -622,7 +662,8 @@ def _generate(job: Job, guidance: float, c: dict) -> None:
         mode, prompt_embedding=a.context_embedding, negative_prompt_embedding=a.negative_embedding,
         image=image, video=video, control=control,
         control_videos=_pairs(a.control_video, "--control-video") or None, edge_preset=a.edge_preset,
-        blur_preset=a.blur_preset, actions=a.actions, num_views=a.num_views, view_indices=a.view_indices,
+        blur_preset=a.blur_preset, control_models=_control_models(c["args"]), actions=a.actions,
+        num_views=a.num_views, view_indices=a.view_indices,
         num_frames=a.frames, height=a.height, width=a.width, num_steps=steps,
         guidance_scale=None if distilled else guidance, solver=a.solver, shift=shift, grid=grid, seed=seed,
         num_condition_frames=a.condition_frames, continuation_frames=a.continuation_frames,
@@ -653,7 +694,8 @@ def _generate(job: Job, guidance: float, c: dict) -> None:
         "image": list(a.image or []), "video": list(a.video or []), "actions": a.actions,
         "inputs_sha256": {p: record.file_digest(p) for p in inputs},
         "control": [{"modality": n, "checkpoint": ck, "weight": w, "mask": m} for n, ck, w, m in controls or []],
-        "control_video": _pairs(a.control_video, "--control-video"), "edge_preset": a.edge_preset,
+        "control_video": _pairs(a.control_video, "--control-video"), "control_models": _control_models(args),
+        "edge_preset": a.edge_preset,
         "blur_preset": a.blur_preset, "num_views": a.num_views, "view_indices": a.view_indices,
         "steps": steps, "guidance": guidance, "solver": a.solver, "grid": grid, "shift": shift, "seed": seed,
         "condition_sigma": cond_sigma, "condition_frames": a.condition_frames,

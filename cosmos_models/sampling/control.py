@@ -11,9 +11,10 @@ The presets are the official inference ones (cosmos-transfer2.5 `augmentors/cont
 - blur ("vis" in the official code): per preset, shrink by `blur_downscale` (area), bilateral
   filter (d 30, σ_color 150, σ_space 100, once), resize back (bilinear), then a bicubic
   antialiased down/up-sampling by `downup`. "none" returns the input. Default "medium".
-- depth, seg: taken as given videos (the official code runs depth/segmentation networks we do
-  not ship): the frame count must match, 1-channel videos are repeated to 3, and a different
-  spatial size is an error unless `resize=True` (bilinear for depth, nearest for seg, as there).
+- depth, seg: given videos (the frame count must match, 1-channel videos are repeated to 3, and a
+  different spatial size is an error unless `resize=True`: bilinear for depth, nearest for seg, as
+  there), or computed from the input by a transformers depth estimator / segmenter the user points
+  to (`control_models`, cosmos_models.sampling.control_models; the official networks are not shipped).
 Weights: `latent_weight_map` brings a pixel-space spatial weight mask to the latent token grid;
 the transfer model normalizes the per-modality weights (sum ≤ 1 at every position).
 """
@@ -115,7 +116,8 @@ def given_control(name: str, control: torch.Tensor | None, video: torch.Tensor, 
     name = ALIASES.get(name, name)
     if control is None:
         raise ValueError(f"the {name!r} control needs a {name} video (C, T, H, W) of the input's "
-                         f"{video.shape[1]} frames; none was given")
+                         f"{video.shape[1]} frames (--control-video {name}=PATH), or a model to compute it "
+                         f"(--{name}-model FOLDER); neither was given")
     _check_video(f"{name} control video", control, channels=(1, 3))
     _, t, h, w = video.shape
     if control.shape[1] != t:
@@ -134,11 +136,12 @@ def given_control(name: str, control: torch.Tensor | None, video: torch.Tensor, 
 
 def control_inputs(video: torch.Tensor, modalities, *, control_videos: Mapping[str, torch.Tensor] | None = None,
                    edge_preset: str = "medium", blur_preset: str = "medium",
-                   resize: bool = False) -> dict[str, torch.Tensor]:
+                   resize: bool = False, control_models: Mapping | None = None) -> dict[str, torch.Tensor]:
     """{modality: (3, T, H, W) control video in [−1, 1]} for the requested `modalities` (a subset of
     ("edge", "blur", "depth", "seg"); "vis" means "blur"). Edge and blur are computed from `video`
     unless `control_videos` supplies them (as the official pipeline does with given paths);
-    depth and seg must be in `control_videos`."""
+    depth and seg come from `control_videos`, else from `control_models` ({"depth" | "seg": a
+    transformers model folder or a control_models.ControlModel}), computed from `video`."""
     _check_video("control_inputs: video", video)
     names = [modalities] if isinstance(modalities, str) else list(modalities)
     if not names:
@@ -155,9 +158,18 @@ def control_inputs(video: torch.Tensor, modalities, *, control_videos: Mapping[s
     if unused:
         raise ValueError(f"control_inputs: control_videos has {sorted(unused)}, which are not among the "
                          f"requested modalities {canonical}")
+    models = dict(control_models or {})
+    wrong = set(models) - set(GIVEN)
+    if wrong:
+        raise ValueError(f"control_inputs: control_models has {sorted(wrong)}; only {GIVEN} are computed by a model")
     out = {}
     for name in canonical:
-        if name in given or name in GIVEN:
+        if name not in given and name in models:
+            from cosmos_models.sampling.control_models import ControlModel
+            model = models[name]
+            model = model if isinstance(model, ControlModel) else ControlModel(name, model, device=video.device)
+            out[name] = model(video)
+        elif name in given or name in GIVEN:
             out[name] = given_control(name, given.get(name), video, resize=resize)
         elif name == "edge":
             out[name] = edge_control(video, edge_preset)

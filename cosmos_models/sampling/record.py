@@ -110,6 +110,8 @@ def reproduce_command(record: dict, out: str) -> list[str]:
                                for c in record["control"])]
     if record.get("control_video"):
         cmd += ["--control-video", *(f"{k}={v}" for k, v in record["control_video"].items())]
+    for kind, folder in (record.get("control_models") or {}).items():
+        cmd += [f"--{kind}-model", folder]
     if record.get("resize"):
         cmd.append("--resize")
     return cmd + ["--no-progress", "--out", out]

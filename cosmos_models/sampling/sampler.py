@@ -415,7 +415,7 @@ class Sampler:
     def generate(self, mode: str = "text2world", *, prompt_embedding=None, negative_prompt_embedding=None,
                  image=None, video=None, control: Sequence[str] | Mapping | None = None,
                  control_videos: Mapping | None = None, edge_preset: str = "medium", blur_preset: str = "medium",
-                 control_scale: float = 1.0, actions=None, num_views: int | None = None, view_indices=None,
+                 control_scale: float = 1.0, control_models: Mapping | None = None, actions=None, num_views: int | None = None, view_indices=None,
                  num_frames: int | None = None, height: int | None = None, width: int | None = None,
                  num_steps: int | None = None, guidance_scale: float | None = None, solver: str = "unipc",
                  shift: float = solvers.DEFAULT_SHIFT, grid: str = "shifted", seed: int | None = None,
@@ -437,7 +437,8 @@ class Sampler:
         control: transfer modalities, a list ("edge", "blur", "depth", "seg") or {modality: weight}, a
             weight being a float or a spatial mask ((H, W) or (T, H, W) in pixels, >= 0); None: the
             modalities of `control_videos`, else edge. control_videos: {modality: video} (depth, seg
-            must be given; edge / blur given here are used instead of computed).
+            given, or computed by control_models = {"depth" | "seg": a transformers model folder};
+            edge / blur given here are used instead of computed).
         actions: action mode, (chunks·K, 7) or (chunks, K, 7) with K = 4·(T − 1) for the model's T latent
             frames per chunk; the video has 1 + chunks·(config.num_frames − 1) frames.
         num_frames: total output frames (default: the config's; transfer: the input video's; more than a
@@ -493,7 +494,8 @@ class Sampler:
         else:
             result = self._single_view(mode, run, image=image, video=video, control=control,
                                        control_videos=control_videos, edge_preset=edge_preset,
-                                       blur_preset=blur_preset, control_scale=control_scale, actions=actions,
+                                       blur_preset=blur_preset, control_scale=control_scale,
+                                       control_models=control_models, actions=actions,
                                        num_frames=num_frames, height=height, width=width,
                                        num_condition_frames=num_condition_frames,
                                        continuation_frames=continuation_frames, chaining=chunk_conditioning,
@@ -531,7 +533,7 @@ class Sampler:
 
     # -- single view: text/image/video2world, transfer, action -------------------------------------
     def _single_view(self, mode: str, run: dict, *, image, video, control, control_videos, edge_preset,
-                     blur_preset, control_scale, actions, num_frames, height, width, num_condition_frames,
+                     blur_preset, control_scale, control_models, actions, num_frames, height, width, num_condition_frames,
                      continuation_frames, chaining, resize, latent_out, progress):
         cfg = self.config
         chunk = _check_int("config.num_frames", cfg.num_frames, 1)
@@ -587,7 +589,7 @@ class Sampler:
             if image is not None:
                 first = fit_frames(_as_image(image), height, width, resize=resize, name="image")
             extra = self._transfer_inputs(source[:, :total], control, control_videos, edge_preset, blur_preset,
-                                          control_scale, chaining, resize)
+                                          control_scale, chaining, resize, control_models)
         return self._autoregressive(run, total=total, chunk=chunk, first=first, continuation=c_next,
                                     chaining=chaining, height=height, width=width, extra=extra,
                                     latent_out=latent_out, progress=progress)
@@ -598,7 +600,10 @@ class Sampler:
         if actions is None:
             raise ValueError(f"action sampling needs actions= (chunks·{k}, {cfg.action_dim}): {k} actions per chunk")
         if isinstance(actions, (str, os.PathLike)):
-            actions = load_tensor(actions, "actions")
+            from cosmos_models.data.actions import load_actions
+            actions, note = load_actions(actions, k)  # an official annotation .json, or a tensor file
+            if note:
+                warnings.warn(note, SamplerWarning, stacklevel=3)
         actions = torch.as_tensor(actions, dtype=torch.float32)
         if actions.dim() == 2 and actions.shape[1] == cfg.action_dim and actions.shape[0] % k == 0 and actions.shape[0]:
             actions = actions.reshape(-1, k, cfg.action_dim)
@@ -608,7 +613,7 @@ class Sampler:
         return actions
 
     def _transfer_inputs(self, source: Tensor, control, control_videos, edge_preset, blur_preset, scale, chaining,
-                         resize: bool):
+                         resize: bool, control_models=None):
         """Per-chunk control inputs: {"control_input": {modality: latents}, "control_weights": ...}."""
         from cosmos_models.sampling.control import ALIASES, control_inputs, latent_weight_map
 
@@ -625,7 +630,7 @@ class Sampler:
             if n not in cfg.control_modalities:
                 raise ValueError(f"control modality {raw!r} is not one of this model's {cfg.control_modalities}")
         videos = control_inputs(source, canonical, control_videos=given, edge_preset=edge_preset,
-                                blur_preset=blur_preset, resize=resize)
+                                blur_preset=blur_preset, resize=resize, control_models=control_models)
         maps = {}
         if weights is not None:
             parsed = {ALIASES.get(k, k): _weight_and_mask(v, k) for k, v in weights.items()}
@@ -774,6 +779,9 @@ class Sampler:
         view_indices = torch.as_tensor(view_indices, dtype=torch.long).reshape(1, -1)
         if view_indices.shape[1] != views:
             raise ValueError(f"view_indices has {view_indices.shape[1]} entries for {views} views")
+        if view_indices.min() < 0 or view_indices.max() >= cfg.view_embedding_count:
+            raise ValueError(f"view_indices {view_indices[0].tolist()}: camera indices must be in [0, "
+                             f"{cfg.view_embedding_count}) for {cfg.name} ({cfg.view_embedding_count} camera embeddings)")
         inputs = {"view_indices": view_indices.to(self.device), "num_views": views}
         bar = _progress_bar(progress, run["num_steps"], f"{cfg.name}: {views} views")
         try:
