@@ -2,7 +2,9 @@
 # CI's second leg: the oldest pair setup.py admits (torch 2.11 + Triton 3.6, the GPU image's), in a venv
 # of its own. First bare (only what the GPU image is sure to have: no av, diffusers, tqdm, nvtx, ...):
 # `pip install --no-deps`, `cosmos selfcheck`, the device-run dry run. Then the test extras and a
-# shorter test selection: the kernels, the DiT, training and sampling.
+# shorter test selection: the kernels, the DiT, training and sampling (less the distillation quality
+# test, ~80 s: a few-step student learning from a teacher is numerics leg 1 checks; what could differ
+# on the oldest pair, the JVP kernels and the distiller's steps, runs here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${COSMOS_CI_OLDEST_VENV:-/tmp/cosmos-ci-oldest}"
@@ -22,4 +24,5 @@ OUT="$(mktemp -d)" PYTHON="$PY" bench/device_run.sh --dry-run
     tests/test_dispatch.py tests/test_adaln.py tests/test_rope.py tests/test_flash_attention.py \
     tests/test_neighborhood_attention.py tests/test_ulysses.py tests/test_dit.py tests/test_trainer.py \
     tests/test_distill.py tests/test_deps.py \
+    --deselect tests/test_distill.py::test_distilled_student_4_step_samples_get_closer_to_the_teachers_35_step_samples \
     tests/test_sampler.py::test_cli_end_to_end tests/test_sampler.py::test_mp4_written_at_model_fps

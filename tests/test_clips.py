@@ -179,6 +179,57 @@ def test_corrupt_and_short_files_are_skipped_with_one_warning(tmp_path, syntheti
             assert len(skipped(caught, f"w{workers}/{name}")) == 1, (workers, [str(w.message) for w in caught])
 
 
+def test_aspect_buckets_follow_the_official_tables():
+    assert D.aspect_key(1280, 720) == "16,9" and D.aspect_key(640, 480) == "4,3" and D.aspect_key(500, 500) == "1,1"
+    assert D.aspect_key(480, 640) == "3,4" and D.aspect_key(720, 1280) == "9,16" and D.aspect_key(1500, 1000) == "4,3"
+    assert D.aspect_buckets("720p") == D.ASPECT_BUCKETS["720p"] == D.aspect_buckets((704, 1280))
+    assert D.aspect_buckets("480p")["16,9"] == D.RESOLUTIONS["480p"] and D.aspect_buckets("480p")["1,1"] == (640, 640)
+    for table in D.ASPECT_BUCKETS.values():
+        assert all(h % 16 == 0 and w % 16 == 0 for h, w in table.values())
+    small = D.aspect_buckets("64x64")  # another size: about its pixel count, sides multiples of 16
+    assert small["1,1"] == (64, 64) and small["16,9"][1] > small["16,9"][0] and small["9,16"][0] > small["9,16"][1]
+    assert all(h % 16 == 0 and w % 16 == 0 for h, w in small.values())
+
+
+def test_bucketed_clips_keep_their_aspect_and_batches_hold_one_bucket(tmp_path):
+    """Landscape, square and portrait clips: each decoded at its bucket's size (not cropped to the stage
+    size), every batch one bucket, the same batches after a resume, and the position reshards only at
+    the same global batch."""
+    for i, size in enumerate([(48, 96), (64, 64), (96, 48)]):  # 2:1 -> 16:9, square, portrait -> 9:16
+        D.make_synthetic_videos(tmp_path / f"s{i}", n=4, frames=9, size=size, fps=16, seed=i)
+    ds = D.ClipDataset(tmp_path, num_frames=5, fps=16, resolution="64x64", text_len=8, buckets=True)
+    table = D.aspect_buckets("64x64")
+    assert {ds.clip_size(i) for i in range(len(ds))} == {table["16,9"], table["1,1"], table["9,16"]}
+    item = ds[[i for i, f in enumerate(ds.files) if "/s2/" in f][0]]
+    assert item["video"].shape == (3, 5, *table["9,16"])
+    loader = D.ClipLoader(ds, 2, seed=3)
+    keys = loader.batches(0)
+    assert len(keys) == 6 and sorted(i for batch in keys for _, i in batch) == list(range(12))
+    for batch in keys:
+        assert len({ds.clip_size(i) for _, i in batch}) == 1
+    it = iter(loader)
+    sizes = [tuple(next(it)["video"].shape[-2:]) for _ in range(3)]
+    assert sizes == [ds.clip_size(batch[0][1]) for batch in keys[:3]]
+    state = loader.state_dict()
+    expected = [next(it)["index"].tolist() for _ in range(3)]
+    again = D.ClipLoader(ds, 2, seed=3)
+    again.load_state_dict(state)
+    assert [b["index"].tolist() for b, _ in zip(again, range(3))] == expected
+    # two ranks of one global batch of 2x2: the global batches are the same clips as one rank's 4
+    ranks = [D.ClipLoader(ds, 2, rank=r, world_size=2, seed=3).batches(0) for r in range(2)]
+    single = D.ClipLoader(ds, 4, seed=3).batches(0)
+    assert [sorted(i for _, i in a + b) for a, b in zip(*ranks)] == [sorted(i for _, i in s) for s in single]
+    two_ranks = D.ClipLoader(ds, 2, rank=0, world_size=2, seed=3)
+    two_ranks.position = 2
+    assert D.ClipLoader(ds, 4, seed=3).resharded(two_ranks.state_dict())["position"] == 2
+    with pytest.raises(ValueError, match="global batch must stay"):
+        D.ClipLoader(ds, 2, seed=3).resharded(D.ClipLoader(ds, 4, seed=3).state_dict())
+    with pytest.raises(ValueError, match="bucketed"):
+        D.ClipLoader(ds, 2, seed=3).load_state_dict({**state, "bucketed": False})
+    with pytest.raises(ValueError, match="no aspect bucket holds one global batch"):
+        D.ClipLoader(ds, 5, seed=3)
+
+
 def test_cached_latents_skip_decoding(tmp_path):
     V.write_video(tmp_path / "a.mp4", torch.zeros(9, 32, 32, 3, dtype=torch.uint8), 16, layout="THWC")
     (tmp_path / "b.mp4").write_bytes(b"not a video")  # never decoded: its latent is cached

@@ -35,15 +35,30 @@ def test_tensorboard_event_file_holds_the_logged_numbers(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    assert train(out, "--log-to", "tensorboard") == 0
+    assert train(out, "--log-to", "tensorboard", "--sample-every", "4", "--sample-prompts", "1",
+                 "--sample-steps", "2") == 0
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     assert "train/loss" in events.Tags()["scalars"]
-    logged = {r["step"]: r["loss"] for r in jsonl(out)}
+    records = jsonl(out)
+    logged = {r["step"]: r["loss"] for r in records}
     seen = {e.step: e.value for e in events.Scalars("train/loss")}
     assert seen.keys() == logged.keys() == {2, 4}
     for step, loss in logged.items():
         assert seen[step] == pytest.approx(loss, rel=1e-6)
+    # the loss per noise-level bucket: the window's samples, each in the bucket of its t
+    buckets = [k for k in records[0] if k.startswith("loss_t")]
+    assert buckets and all(k in events.Tags()["scalars"] for k in (f"train/{b}" for b in buckets))
+    for r in records:
+        assert r["peak_rss_gib"] > 0 and 0 < r["ema_beta"] < 1
+        parts = [r[k] for k in r if k.startswith("loss_t")]
+        assert min(parts) <= r["loss"] * (1 + 1e-9) and r["loss"] <= max(parts) * (1 + 1e-9)
+    # the preview of step 4: an mp4 of the run's clip shape in samples/, its frame strip in TensorBoard
+    from cosmos_models.data.video_io import read_video
+    video, _ = read_video(out / "samples" / "step_000004_p0.mp4")
+    assert video.shape == (3, 9, 64, 64) and sorted(p.name for p in (out / "samples").iterdir()) == ["step_000004_p0.mp4"]
+    (image,) = events.Images("train/sample_p0")
+    assert image.step == 4 and (image.width, image.height) == (3 * 64, 64)
 
 
 def test_wandb_gets_the_same_numbers_and_a_resume_continues_the_run(tmp_path, monkeypatch):

@@ -81,6 +81,31 @@ def test_embed_data_then_the_loader_reads_the_captions(encoder_dir, tmp_path, ca
     assert D.official_layout(str(tmp_path / "elsewhere" / "videos" / "x.mp4")) is None
 
 
+def test_metadata_csv_captions_clips_without_a_metas_file(encoder_dir, tmp_path, capsys):
+    """metadata.csv (a header, then "video,caption" rows; quoted captions may hold commas) captions the
+    clips that have no metas/<name>.txt; a metas file wins over the table; a clip in neither is skipped."""
+    root = official_dataset(tmp_path / "dataset")
+    shutil.rmtree(root / "metas")  # only the table now
+    (root / "metadata.csv").write_text('video,caption\n'
+                                       'videos/clip_a.mp4,"a red cube, then a disc"\n'
+                                       'clip_b.mp4,a blue car drives\n')
+    table = D.read_metadata_csv(str(root / "metadata.csv"))
+    assert table == {"clip_a": "a red cube, then a disc", "clip_b": "a blue car drives"}
+    where, text = D.caption_of(str(root / "videos" / "clip_a.mp4"))
+    assert text == "a red cube, then a disc" and where.startswith(str(root / "metadata.csv"))
+    assert D.caption_of(str(root / "videos" / "short.mp4")) is None
+    (root / "metas").mkdir()
+    (root / "metas" / "clip_b.txt").write_text("a green car drives\n")
+    assert D.caption_of(str(root / "videos" / "clip_b.mp4"))[1] == "a green car drives"
+
+    assert cli.main(["embed", "--data", str(root), "--text-encoder", encoder_dir]) == 0
+    assert "2 caption(s) embedded" in capsys.readouterr().err
+    D._WARNED.clear()
+    ds, said = dataset_warnings(root)
+    assert sorted(os.path.basename(f) for f in ds.files) == ["clip_a.mp4", "clip_b.mp4"]
+    assert "no caption" in said["nocaption.mp4"] and "metadata.csv" in said["nocaption.mp4"]
+
+
 def test_train_on_the_official_layout_embeds_the_captions_first(encoder_dir, tmp_path, capsys):
     pytest.importorskip("diffusers")  # clips without cached latents go through the tiny WAN VAE
     root = official_dataset(tmp_path / "dataset")

@@ -193,6 +193,25 @@ def test_context_parallel_online_encoding_and_image_batch_smaller_than_the_group
     assert not list(raw.glob("*.latent.pt"))  # nothing was cached: every step encoded online
 
 
+def test_aspect_buckets_train_landscape_and_square_clips_at_their_own_sizes(tmp_path):
+    """--aspect-buckets: 2:1 and square clips are encoded at their bucket's size; the logged tokens of
+    each step are those of one bucket's latent grid."""
+    pytest.importorskip("diffusers")
+    from cosmos_models.data.clips import aspect_buckets, make_synthetic_videos
+    raw = tmp_path / "raw"
+    make_synthetic_videos(raw / "wide", n=2, frames=12, size=(48, 96), text_len=8, text_dim=48, seed=1)
+    make_synthetic_videos(raw / "square", n=2, frames=12, size=(64, 64), text_len=8, text_dim=48, seed=2)
+    run_in_process(config(tmp_path / "run", str(raw), steps=2, batch=2, resolution="64x64", aspect_buckets=True))
+    with open(tmp_path / "run" / "train_log.jsonl") as f:
+        tokens = {round(r["tokens_per_s"] * r["step_time_s"]) for r in map(json.loads, f)}
+    table = aspect_buckets("64x64")
+    grid = {key: (FRAMES - 1) // 4 + 1 for key in table}
+    expected = {2 * grid[k] * (table[k][0] // 16) * (table[k][1] // 16) for k in ("16,9", "1,1")}
+    assert tokens == expected, (tokens, expected)
+    with open(tmp_path / "run" / "run.json") as f:
+        assert json.load(f)["identity"]["aspect_buckets"] is True
+
+
 def test_kill_and_resume_continues_bit_identically(tmp_path, clips, monkeypatch):
     common = dict(steps=6, save_every=3, batch=1, image_prob=0.5, image_batch=1, text_dropout=0.5, seed=6)
     reference = Trainer(config(tmp_path / "uninterrupted", clips, **common))

@@ -12,7 +12,7 @@ a .json file (a list of prompts, a list of {"name", "prompt"} objects, or an obj
 `cosmos sample --prompt-embedding` takes. The disk cache makes a re-run cheap.
 
 --data DATASET: the official post-training layout (DATASET/videos/*.mp4, one caption per clip in
-DATASET/metas/<name>.txt): each caption not embedded yet goes to DATASET/text_embeddings/<name>.pt,
+DATASET/metas/<name>.txt or, for clips without one, a row "video,caption" of DATASET/metadata.csv): each caption not embedded yet goes to DATASET/text_embeddings/<name>.pt,
 where `cosmos train --data DATASET` finds it (videos without a caption are counted and skipped).
 """
 from __future__ import annotations
@@ -121,10 +121,11 @@ def _run_data(args) -> int:
     from cosmos_models.data import clips
     from cosmos_models.data.prepare import embed_captions
 
-    if not os.path.isdir(os.path.join(args.data, clips.OFFICIAL_VIDEOS)) or \
-            not os.path.isdir(os.path.join(args.data, clips.OFFICIAL_CAPTIONS)):
+    if not os.path.isdir(os.path.join(args.data, clips.OFFICIAL_VIDEOS)) or not (
+            os.path.isdir(os.path.join(args.data, clips.OFFICIAL_CAPTIONS))
+            or os.path.isfile(os.path.join(args.data, clips.METADATA_CSV))):
         raise FileNotFoundError(f"--data {args.data}: expected the official layout, {clips.OFFICIAL_VIDEOS}/*.mp4 and "
-                                f"{clips.OFFICIAL_CAPTIONS}/<name>.txt inside it")
+                                f"{clips.OFFICIAL_CAPTIONS}/<name>.txt or {clips.METADATA_CSV} inside it")
     counts = embed_captions(args.data, text_encoder=args.text_encoder, device=args.device,
                             cache_dir=cache_dir_flag(args.embedding_cache), dtype=DTYPES[args.dtype],
                             overwrite=args.overwrite)

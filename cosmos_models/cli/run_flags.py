@@ -32,6 +32,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, d: RunConfig, *, what: st
     a("--steps", type=int, default=d.steps, help=f"total {what}")
     a("--batch", type=int, default=d.batch, help="video clips per data-parallel group per step")
     a("--resolution", default=None, help="256p, 480p, 720p or HxW (default: the config's)")
+    a("--aspect-buckets", action="store_true",
+      help="resize each clip to the official bucket of its aspect ratio (16:9, 4:3, 1:1, 3:4, 9:16 at --resolution) "
+           "instead of center-cropping every clip to --resolution; a batch holds one bucket")
     a("--frames", type=int, default=None, help="pixel frames per clip, 4k+1 (default: the config's)")
     a("--cp", type=int, default=d.cp, help="context-parallel (Ulysses) group size")
     a("--hsdp-replicate", type=int, default=d.hsdp_replicate, help="FSDP replicas (hybrid sharding); 1: full shard")

@@ -38,6 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "<out>/lora.safetensors holds the adapters, <out>/ema.safetensors the merged weights")
     a("--lora-targets", default=None, metavar="q_proj,k_proj,...",
       help="the block projections to adapt (default: q_proj,k_proj,v_proj,output_proj,layer1,layer2)")
+    a("--control", default=None, metavar="edge,depth,...",
+      help="Transfer models: the control modalities trained (default edge; edge / blur are computed from each clip, "
+           "depth / seg read from DATASET/depth/<name>.mp4, DATASET/seg/<name>.mp4 or <name>_depth.mp4 beside it)")
+    a("--sample-every", type=int, default=d.sample_every, metavar="N",
+      help="every N steps a short text2world video from the EMA weights to <out>/samples/ (and --log-to); 0: off")
+    a("--sample-prompts", type=int, default=d.sample_prompts,
+      help="previews per --sample-every: the text of the first N clips of the data (a fixed set)")
+    a("--sample-steps", type=int, default=d.sample_steps, help="solver steps of a preview")
     a("--overfit-one-batch", dest="overfit_batch", action="store_true",
       help="debug: train on the first batch with the same noise every step")
 

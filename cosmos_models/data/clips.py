@@ -10,10 +10,16 @@ Folder layout (files found recursively, sorted by path, so every rank sees the s
     clip.latent.pt           optional cached VAE latents (C, t, h, w) of the clip (or {"latent": ...});
                              when present and of the right shape the video is not decoded.
 
+The official post-training layout is read too: DATASET/videos/<name>.mp4 with the caption in
+DATASET/metas/<name>.txt or a row of DATASET/metadata.csv; `cosmos embed --data` (or `cosmos train
+--text-encoder`) embeds the captions once into DATASET/text_embeddings/<name>.pt, where the text is found.
+
 Clips: `num_frames` frames (93 by default) at `fps` (16), resampled by frame timestamps (each target
 time takes the nearest decoded frame, so 30 fps is thinned and 8 fps is repeated), resized with
 the aspect ratio kept until the frame covers the stage resolution, then center-cropped to it
 (`RESOLUTIONS`); float in [−1, 1], (3, T, H, W). Images are 1-frame clips (3, 1, H, W).
+With buckets=True the size is instead that of the clip's aspect-ratio bucket at the stage resolution
+(`ASPECT_BUCKETS`: 16:9, 4:3, 1:1, 3:4, 9:16 as officially), and the loader batches one bucket at a time.
 
 A file that cannot be opened or decoded, or is shorter than a clip, or a cached latent or text
 embedding that is unreadable or holds NaN/Inf, is skipped with one `DataWarning` (once per file and
@@ -44,6 +50,17 @@ from cosmos_models.nets.vae import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION
 
 # Stage resolutions, (H, W) in pixels: 256p is 320×192, 480p 832×480, 720p 1280×704 (W×H).
 RESOLUTIONS: dict[str, tuple[int, int]] = {"256p": (192, 320), "480p": (480, 832), "720p": (704, 1280)}
+# Aspect-ratio buckets per stage resolution, (H, W): the official loader's VIDEO_RES_SIZE_INFO tables
+# ("256", "480p", "720"; there as (W, H)). A clip goes to the bucket of the nearest aspect ratio
+# (squared difference of W/H, as the official detect_aspect_ratio) and is resized and center-cropped
+# to its size, so a 4:3 or portrait clip is not cropped to 16:9; a batch holds one bucket.
+ASPECT_RATIOS: dict[str, float] = {"16,9": 16 / 9, "4,3": 4 / 3, "1,1": 1.0, "3,4": 3 / 4, "9,16": 9 / 16}
+ASPECT_BUCKETS: dict[str, dict[str, tuple[int, int]]] = {
+    "256p": {"16,9": (192, 320), "4,3": (256, 320), "1,1": (256, 256), "3,4": (320, 256), "9,16": (320, 192)},
+    "480p": {"16,9": (480, 832), "4,3": (480, 640), "1,1": (640, 640), "3,4": (640, 480), "9,16": (832, 480)},
+    "720p": {"16,9": (704, 1280), "4,3": (704, 960), "1,1": (960, 960), "3,4": (960, 704), "9,16": (1280, 704)},
+}
+BUCKET_MULTIPLE = 16  # VAE ×8 and patch ×2: a bucket's sides must be multiples of 16
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi")
 IMAGE_EXTENSIONS = video_io.IMAGE_EXTENSIONS
 TEXT_SUFFIXES = (".pt", ".safetensors", ".npy")
@@ -75,6 +92,24 @@ def resolve_resolution(resolution: str | Sequence[int]) -> tuple[int, int]:
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in resolution)):
         return int(resolution[0]), int(resolution[1])
     raise ValueError(f"resolution must be one of {sorted(RESOLUTIONS)} or (H, W) positive ints, got {resolution!r}")
+
+
+def aspect_key(width: int, height: int) -> str:
+    """The aspect-ratio bucket ("16,9", "4,3", "1,1", "3,4", "9,16") nearest to width / height."""
+    ratio = width / height
+    return min(ASPECT_RATIOS, key=lambda k: (ASPECT_RATIOS[k] - ratio) ** 2)
+
+
+def aspect_buckets(resolution: str | Sequence[int]) -> dict[str, tuple[int, int]]:
+    """aspect key -> (H, W) for a stage resolution: the official table of "256p" / "480p" / "720p" (or
+    their sizes); for another size (H, W), buckets of about its pixel count, sides rounded to multiples of 16."""
+    h, w = resolve_resolution(resolution)
+    for name, size in RESOLUTIONS.items():
+        if size == (h, w):
+            return dict(ASPECT_BUCKETS[name])
+    area, m = h * w, BUCKET_MULTIPLE
+    return {key: (max(m, round(math.sqrt(area / r) / m) * m), max(m, round(math.sqrt(area * r) / m) * m))
+            for key, r in ASPECT_RATIOS.items()}
 
 
 def _seed_for(*parts: int) -> int:
@@ -118,6 +153,23 @@ def probe_video(path: str) -> tuple[float, float]:
     gaps = np.diff(times)
     period = float(np.median(gaps)) if len(gaps) else (period or 1.0)
     return times[-1] - times[0], period
+
+
+def probe_frame_size(path: str) -> tuple[int, int]:
+    """(width, height) of a video's (or image's) frames, from its stream's header. Raises ClipError."""
+    av = video_io._av()
+    try:
+        with av.open(path) as container:
+            stream = _video_stream(container)
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if not (width and height):
+                frame = next(container.decode(stream))
+                width, height = frame.width, frame.height
+    except ClipError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - FFmpeg reports damage as many error types
+        raise ClipError(f"cannot read it ({type(exc).__name__}: {exc})") from None
+    return int(width), int(height)
 
 
 def _cover_size(h: int, w: int, out_h: int, out_w: int) -> tuple[int, int]:
@@ -215,28 +267,110 @@ def load_sidecar(path: str, key: str) -> Tensor:
 
 
 OFFICIAL_VIDEOS, OFFICIAL_CAPTIONS = "videos", "metas"  # the official post-training layout's folders
+METADATA_CSV = "metadata.csv"  # the official layout's optional caption table: a header, then "video,caption" rows
+CAPTIONS_JSON = "captions"     # Transfer2.5's single-view layout: DATASET/captions/<name>.json {"caption": ...}
 EMBEDDINGS_DIR = "text_embeddings"  # where `cosmos embed --data` puts the captions' embeddings in that layout
+
+_CSV_CACHE: dict[str, tuple[float, dict[str, str]]] = {}  # path -> (mtime, video name -> caption)
 
 
 def official_layout(video_path: str) -> tuple[str, str] | None:
     """(dataset folder, name) of a video in the official layout DATASET/videos/<name>.mp4 (captions in
-    DATASET/metas/<name>.txt), else None."""
+    DATASET/metas/<name>.txt, DATASET/captions/<name>.json and/or DATASET/metadata.csv), else None."""
     folder, file = os.path.split(os.path.abspath(video_path))
     if os.path.basename(folder) != OFFICIAL_VIDEOS:
         return None
     root = os.path.dirname(folder)
-    if not os.path.isdir(os.path.join(root, OFFICIAL_CAPTIONS)):
+    if not (os.path.isdir(os.path.join(root, OFFICIAL_CAPTIONS)) or os.path.isdir(os.path.join(root, CAPTIONS_JSON))
+            or os.path.isfile(os.path.join(root, METADATA_CSV))):
         return None
     return root, os.path.splitext(file)[0]
 
 
+def read_metadata_csv(path: str) -> dict[str, str]:
+    """video name (file name without extension) -> caption of an official metadata.csv: a header row,
+    then one row per clip whose first column is the video file (a path or a name) and second its caption
+    (quoted when it holds commas). Cached per file and modification time."""
+    import csv
+
+    mtime = os.path.getmtime(path)
+    if path in _CSV_CACHE and _CSV_CACHE[path][0] == mtime:
+        return _CSV_CACHE[path][1]
+    table: dict[str, str] = {}
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = csv.reader(f)
+        next(rows, None)  # the header
+        for row in rows:
+            if len(row) >= 2 and row[0].strip():
+                # a caption with unquoted commas comes as several columns: the official reader splits once
+                caption = ",".join(row[1:]).strip()
+                table[os.path.splitext(os.path.basename(row[0].strip()))[0]] = caption
+    _CSV_CACHE[path] = (mtime, table)
+    return table
+
+
+GIVEN_CONTROLS = ("depth", "seg")  # Transfer controls read from videos (edge and blur are computed from the clip)
+
+
+def control_video_path(video_path: str, kind: str) -> str | None:
+    """The given control video of a clip: DATASET/<kind>/<name>.mp4 for DATASET/videos/<name>.mp4 (the
+    official Transfer2.5 single-view layout), else <name>_<kind>.mp4 beside the video; None if neither."""
+    folder, file = os.path.split(os.path.abspath(video_path))
+    name, ext = os.path.splitext(file)
+    candidates = [os.path.join(folder, f"{name}_{kind}{ext}")]
+    if os.path.basename(folder) == OFFICIAL_VIDEOS:
+        candidates.insert(0, os.path.join(os.path.dirname(folder), kind, file))
+    return next((c for c in candidates if os.path.isfile(c)), None)
+
+
+def is_control_video(path: str) -> bool:
+    """Whether a video file is another clip's given control (DATASET/depth/<name>.mp4 beside
+    DATASET/videos/, or <name>_depth.mp4 beside <name>.mp4): not a training clip itself."""
+    folder, file = os.path.split(os.path.abspath(path))
+    name, ext = os.path.splitext(file)
+    if os.path.basename(folder) in GIVEN_CONTROLS and \
+            os.path.isfile(os.path.join(os.path.dirname(folder), OFFICIAL_VIDEOS, file)):
+        return True
+    return any(name.endswith("_" + kind) and os.path.isfile(os.path.join(folder, name[:-len(kind) - 1] + ext))
+               for kind in GIVEN_CONTROLS)
+
+
 def caption_file(video_path: str) -> str | None:
-    """The official layout's caption of a video (DATASET/metas/<name>.txt), if it exists."""
+    """The official layout's caption file of a video (DATASET/metas/<name>.txt), if it exists."""
     found = official_layout(video_path)
     if found is None:
         return None
     path = os.path.join(found[0], OFFICIAL_CAPTIONS, found[1] + ".txt")
     return path if os.path.isfile(path) else None
+
+
+def caption_of(video_path: str) -> tuple[str, str] | None:
+    """(where, caption) of a video in the official layout: metas/<name>.txt, else captions/<name>.json
+    ({"caption": ...}, Transfer2.5's form), else its metadata.csv row; None when it has none (or an empty one)."""
+    path = caption_file(video_path)
+    if path is not None:
+        with open(path, encoding="utf-8") as f:
+            text = f.read().strip()
+        return (path, text) if text else None
+    found = official_layout(video_path)
+    if found is None:
+        return None
+    json_path = os.path.join(found[0], CAPTIONS_JSON, found[1] + ".json")
+    if os.path.isfile(json_path):
+        import json
+        try:
+            with open(json_path, encoding="utf-8") as f:
+                text = json.load(f).get("caption", "")
+        except (OSError, ValueError, AttributeError):
+            text = ""
+        if isinstance(text, str) and text.strip():
+            return json_path, text.strip()
+    table_path = os.path.join(found[0], METADATA_CSV)
+    if os.path.isfile(table_path):
+        text = read_metadata_csv(table_path).get(found[1], "")
+        if text:
+            return f"{table_path} ({found[1]})", text
+    return None
 
 
 def text_sidecar(video_path: str) -> str | None:
@@ -257,10 +391,11 @@ def missing_text_reason(video_path: str) -> str:
     found = official_layout(video_path)
     if found is None:
         return f"no text embedding ({' / '.join('<name>' + s for s in TEXT_SUFFIXES)} beside it)"
-    caption = os.path.join(found[0], OFFICIAL_CAPTIONS, found[1] + ".txt")
-    if not os.path.isfile(caption):
-        return f"no caption {caption}"
-    return (f"its caption {caption} is not embedded yet (cosmos embed --data {found[0]}, or cosmos train "
+    caption = caption_of(video_path)
+    if caption is None:
+        return (f"no caption ({os.path.join(found[0], OFFICIAL_CAPTIONS, found[1] + '.txt')} or a row of "
+                f"{os.path.join(found[0], METADATA_CSV)})")
+    return (f"its caption {caption[0]} is not embedded yet (cosmos embed --data {found[0]}, or cosmos train "
             "--text-encoder FOLDER)")
 
 
@@ -300,7 +435,8 @@ class ClipDataset(torch.utils.data.Dataset):
                  resolution: str | Sequence[int] = "720p", text_len: int | None = DEFAULT_TEXT_LEN,
                  with_text: bool = True, use_latents: bool = True, clip_start: str = "random", seed: int = 0,
                  dtype: torch.dtype = torch.float32, extensions: Sequence[str] = VIDEO_EXTENSIONS,
-                 probe: bool = True):
+                 probe: bool = True, buckets: bool = False, with_actions: bool = False,
+                 controls: Sequence[str] = ()):
         root = os.fspath(root)
         if not os.path.isdir(root):
             raise FileNotFoundError(f"ClipDataset: no folder at {root!r}")
@@ -316,11 +452,23 @@ class ClipDataset(torch.utils.data.Dataset):
             raise TypeError(f"ClipDataset: dtype must be a floating point dtype, got {dtype}")
         self.root, self.num_frames, self.fps = root, num_frames, float(fps)
         self.size = resolve_resolution(resolution)
+        # buckets: each file's clip size is the bucket of its aspect ratio (aspect_buckets), else `size`
+        self.buckets = aspect_buckets(resolution) if buckets else None
+        self._sizes: dict[str, tuple[int, int]] = {}
         self.text_len, self.with_text, self.use_latents = text_len, with_text, use_latents
         self.clip_start, self.seed, self.dtype = clip_start, int(seed), dtype
+        self.with_actions = with_actions  # "action": the clip's robot actions (cosmos_models/data/actions.py)
+        self.controls = tuple(controls)    # Transfer: the clip's given control videos (control_video_path)
+        unknown = [c for c in self.controls if c not in GIVEN_CONTROLS]
+        if unknown:
+            raise ValueError(f"ClipDataset: controls {unknown} are not among the given kinds {GIVEN_CONTROLS} (edge "
+                             "and blur are computed from the clip by the trainer)")
+        if self.controls:
+            self.use_latents = False  # a control is decoded at the clip's own times: decode the clip too
+        self._annotations: dict = {}
         self._warned: set[str] = set()
         self._spans: dict[str, tuple[float, float]] = {}
-        files = _find_files(root, tuple(e.lower() for e in extensions))
+        files = [f for f in _find_files(root, tuple(e.lower() for e in extensions)) if not is_control_video(f)]
         self.files = [f for f in files if self._usable(f)] if probe else files
         self.skipped = len(files) - len(self.files)  # files dropped at the start (each warned about)
         if not self.files:
@@ -329,6 +477,17 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def clip_size(self, index: int) -> tuple[int, int]:
+        """(H, W) of the clips of file `index`: its aspect bucket's size with buckets, else `size`."""
+        return self._clip_size(self.files[index])
+
+    def _clip_size(self, path: str) -> tuple[int, int]:
+        if self.buckets is None:
+            return self.size
+        if path not in self._sizes:
+            self._sizes[path] = self.buckets[aspect_key(*probe_frame_size(path))]
+        return self._sizes[path]
 
     # -- checks ---------------------------------------------------------------------------------
     def _warn_once(self, path: str, why: str) -> None:
@@ -351,6 +510,11 @@ class ClipDataset(torch.utils.data.Dataset):
         try:
             if self.with_text and text_sidecar(path) is None:
                 raise ClipError(missing_text_reason(path))
+            self._clip_size(path)
+            if self.with_actions:
+                self._check_annotation(path)
+            for kind in self.controls:
+                self._check_control(path, kind)
             if self._latent(path) is not None:
                 return True
             span, period = self._span(path)
@@ -362,6 +526,57 @@ class ClipDataset(torch.utils.data.Dataset):
             return False
         return True
 
+    def _check_control(self, path: str, kind: str) -> None:
+        """A given control video (depth, seg) must exist and last as long as the clip's video."""
+        control = control_video_path(path, kind)
+        if control is None:
+            raise ClipError(f"no {kind} control video ({os.path.join('DATASET', kind, '<name>.mp4')} or "
+                            f"<name>_{kind}.mp4 beside it)")
+        span, period = self._span(path)
+        c_span, c_period = self._span(control)
+        frames, c_frames = int(round(span / period)) + 1, int(round(c_span / c_period)) + 1
+        if c_frames != frames:
+            raise ClipError(f"its {kind} control video {control} has {c_frames} frames but the video {frames}; "
+                            "they must match frame for frame")
+
+    def _control_videos(self, path: str, start: float) -> dict[str, Tensor]:
+        """{kind: (3, T, H, W) float in [-1, 1]}: each given control video decoded at the clip's times."""
+        out = {}
+        for kind in self.controls:
+            given = decode_clip(control_video_path(path, kind), self.num_frames, self.fps, self._clip_size(path), start)
+            out[kind] = given.to(self.dtype).div_(127.5).sub_(1)
+        return out
+
+    def _annotation(self, path: str):
+        from cosmos_models.data import actions
+
+        if path not in self._annotations:
+            found = actions.annotation_path(path)
+            if found is None:
+                raise ClipError("no action annotation (DATASET/annotations/<name>.json or <name>.json beside it)")
+            try:
+                self._annotations[path] = actions.Annotation(found)
+            except actions.ActionFileError as exc:
+                raise ClipError(str(exc)) from None
+        return self._annotations[path]
+
+    def _check_annotation(self, path: str) -> None:
+        """The annotation must cover every frame of the video (a shorter one is a mismatched file)."""
+        ann = self._annotation(path)
+        span, period = self._span(path)
+        frames = int(round(span / period)) + 1
+        if ann.frames < frames:
+            raise ClipError(f"its annotation {ann.path} has {ann.frames} frames but the video {frames}; "
+                            "they must match frame for frame")
+
+    def _clip_actions(self, path: str, start: float) -> Tensor:
+        from cosmos_models.data.actions import source_frame_ids
+
+        ann = self._annotation(path)
+        _, period = self._span(path)
+        ids = source_frame_ids(start, self.num_frames, self.fps, period)
+        return ann.clip_actions([min(i, ann.frames - 1) for i in ids])
+
     def _latent(self, path: str) -> Tensor | None:
         """The cached latent of this clip when present and shaped for this dataset, else None."""
         if not self.use_latents:
@@ -370,7 +585,8 @@ class ClipDataset(torch.utils.data.Dataset):
         if not os.path.isfile(latent_path):
             return None
         latent = load_sidecar(latent_path, "latent")
-        h, w = self.size[0] // SPATIAL_COMPRESSION, self.size[1] // SPATIAL_COMPRESSION
+        size = self._clip_size(path)
+        h, w = size[0] // SPATIAL_COMPRESSION, size[1] // SPATIAL_COMPRESSION
         t = 1 + (self.num_frames - 1) // TEMPORAL_COMPRESSION
         if latent.dim() != 4 or tuple(latent.shape[1:]) != (t, h, w):
             self._warn_once(latent_path, f"cached latent has shape {tuple(latent.shape)}, expected (C, {t}, {h}, {w}) "
@@ -402,16 +618,20 @@ class ClipDataset(torch.utils.data.Dataset):
                 if not torch.isfinite(item["text"]).all():
                     raise ClipError(f"its text embedding {text_path} holds NaN or Inf values")
             latent = self._latent(path)
+            start = 0.0 if latent is not None else self.clip_start_time(path, epoch, index)  # (latents: the first clip)
+            if self.with_actions:
+                item["action"] = self._clip_actions(path, start)
             if latent is not None:
                 item["latent"] = latent.clone()
                 if not torch.isfinite(item["latent"]).all():
                     raise ClipError(f"its cached latent {os.path.splitext(path)[0] + LATENT_SUFFIX} holds NaN or Inf "
                                     "values (delete it to encode the video again)")
             else:
-                start = self.clip_start_time(path, epoch, index)
-                clip = decode_clip(path, self.num_frames, self.fps, self.size, start)
+                clip = decode_clip(path, self.num_frames, self.fps, self._clip_size(path), start)
                 # in place: a 720p clip is ~1 GB in fp32, temporaries would double it
                 item["video"] = clip.to(self.dtype).div_(127.5).sub_(1)
+                if self.controls:
+                    item["control_video"] = self._control_videos(path, start)
             return item
         except ClipError as exc:
             if torch.utils.data.get_worker_info() is not None:
@@ -453,6 +673,11 @@ def collate(items: Sequence[dict | None]) -> dict | None:
              "path": [it["path"] for it in items],
              "index": torch.tensor([it["index"] for it in items], dtype=torch.int64)}
     batch["is_image"] = batch[kind].shape[2] == 1  # an image is a 1-frame clip (1 latent frame)
+    if "action" in items[0]:
+        batch["action"] = torch.stack([it["action"] for it in items])
+    if "control_video" in items[0]:
+        batch["control_video"] = {k: torch.stack([it["control_video"][k] for it in items])
+                                  for k in items[0]["control_video"]}
     if "text" in items[0]:
         length = max(it["text"].shape[0] for it in items)
         batch["text"] = torch.stack([fit_text(it["text"], length) for it in items])
@@ -482,12 +707,15 @@ class ShardedSampler:
         self.size, self.rank, self.world_size = size, rank, world_size
         self.seed, self.shuffle, self.even = int(seed), shuffle, even
 
-    def indices(self, epoch: int) -> list[int]:
+    def order(self, epoch: int) -> list[int]:
+        """Epoch e's order of all items (every rank computes the same)."""
         if self.shuffle:
             g = torch.Generator().manual_seed(_seed_for(self.seed, epoch))
-            order = torch.randperm(self.size, generator=g).tolist()
-        else:
-            order = list(range(self.size))
+            return torch.randperm(self.size, generator=g).tolist()
+        return list(range(self.size))
+
+    def indices(self, epoch: int) -> list[int]:
+        order = self.order(epoch)
         if self.even:
             order = order[: self.size - self.size % self.world_size]
         return order[self.rank::self.world_size]
@@ -511,7 +739,13 @@ class ClipLoader:
         self.dataset, self.batch_size, self.drop_last = dataset, batch_size, drop_last
         self.sampler = ShardedSampler(len(dataset), rank=rank, world_size=world_size, seed=seed,
                                       shuffle=shuffle, even=even_shards)
-        if drop_last and len(self.sampler.indices(0)) < batch_size:
+        self.bucketed = getattr(dataset, "buckets", None) is not None
+        if self.bucketed and not self.batches(0):
+            sizes = [dataset.clip_size(i) for i in range(len(dataset))]
+            counts = {f"{h}x{w}": sizes.count((h, w)) for h, w in sorted(set(sizes))}
+            raise ValueError(f"ClipLoader: no aspect bucket holds one global batch of {batch_size} x {world_size} "
+                             f"clips (clips per bucket: {counts}); lower the batch or add clips")
+        if not self.bucketed and drop_last and len(self.sampler.indices(0)) < batch_size:
             raise ValueError(f"ClipLoader: rank {rank} has {len(self.sampler.indices(0))} items, fewer than one "
                              f"batch of {batch_size} (drop_last=True)")
         self.num_workers, self.pin_memory = num_workers, pin_memory
@@ -519,17 +753,38 @@ class ClipLoader:
 
     def batches(self, epoch: int) -> list[list[tuple[int, int]]]:
         """The (epoch, index) keys of every batch of that epoch on this rank."""
+        if self.bucketed:
+            return self._bucket_batches(epoch)
         shard = self.sampler.indices(epoch)
         stop = len(shard) - len(shard) % self.batch_size if self.drop_last else len(shard)
         return [[(epoch, i) for i in shard[s:s + self.batch_size]] for s in range(0, stop, self.batch_size)]
 
+    def _bucket_batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """Aspect buckets: the epoch's order is walked once, each clip joining the pending list of its
+        bucket; a list that reaches one global batch (batch_size x world_size) becomes the epoch's next
+        global batch, rank r taking its entries r, r + world_size, ... So global batch j is the same on
+        every layout of the same global batch size; what is left in the lists at the end of the epoch is
+        dropped (other clips next epoch: the order changes)."""
+        world, rank, per = self.sampler.world_size, self.sampler.rank, self.batch_size * self.sampler.world_size
+        pending: dict[tuple[int, int], list[int]] = {}
+        out = []
+        for i in self.sampler.order(epoch):
+            group = pending.setdefault(self.dataset.clip_size(i), [])
+            group.append(i)
+            if len(group) == per:
+                out.append([(epoch, j) for j in group[rank::world]])
+                group.clear()
+        if not self.drop_last and world == 1:
+            out += [[(epoch, j) for j in group] for group in pending.values() if group]
+        return out
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "seed": self.sampler.seed,
                 "rank": self.sampler.rank, "world_size": self.sampler.world_size,
-                "size": self.sampler.size, "batch_size": self.batch_size}
+                "size": self.sampler.size, "batch_size": self.batch_size, "bucketed": self.bucketed}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "world_size", "size", "batch_size"):
+        for key in ("seed", "world_size", "size", "batch_size", "bucketed"):
             mine = self.state_dict()[key]
             if key in state and state[key] != mine:
                 raise ValueError(f"ClipLoader.load_state_dict: the saved {key} is {state[key]} but this loader's is "
@@ -549,6 +804,10 @@ class ClipLoader:
                                  f"one's is {self.state_dict()[key]} (another data folder or --seed)")
         consumed = int(state["position"]) * int(state["batch_size"]) * int(state["world_size"])
         per_batch = self.batch_size * self.sampler.world_size
+        if self.bucketed and int(state["batch_size"]) * int(state["world_size"]) != per_batch:
+            raise ValueError(f"cannot resume the data position on this layout: with aspect buckets a global batch is "
+                             f"one bucket's, so the global batch must stay {state['batch_size']} x "
+                             f"{state['world_size']} (this run: {self.batch_size} x {self.sampler.world_size})")
         if consumed % per_batch:
             raise ValueError(f"cannot resume the data position on this layout: {consumed} samples of epoch "
                              f"{state['epoch']} were consumed ({state['position']} batches of {state['batch_size']} on "

@@ -60,15 +60,19 @@ def _has_latent(video_path: str, shape: tuple[int, int, int]) -> bool:
 
 
 def cache_latents(root: str, vae, *, num_frames: int, fps: float, size: tuple[int, int], rank: int = 0,
-                  world: int = 1, device: torch.device | None = None) -> int:
-    """Encode the first clip of every video under root that has no cached latent of this shape and
-    write it beside the video as <name>.latent.pt (C, t, h, w) fp32. Files are split across ranks.
-    Returns how many this rank wrote."""
+                  world: int = 1, device: torch.device | None = None, buckets: bool = False) -> int:
+    """Encode the first clip of every video under root that has no cached latent of this shape (with
+    buckets: of its aspect bucket's size) and write it beside the video as <name>.latent.pt (C, t, h, w)
+    fp32. Files are split across ranks. Returns how many this rank wrote."""
     t = 1 + (num_frames - 1) // TEMPORAL_COMPRESSION
-    shape = (t, size[0] // SPATIAL_COMPRESSION, size[1] // SPATIAL_COMPRESSION)
     clips = D.ClipDataset(root, num_frames=num_frames, fps=fps, resolution=size, with_text=False,
-                          use_latents=False, clip_start="start")
-    todo = [i for i, path in enumerate(clips.files) if not _has_latent(path, shape)]
+                          use_latents=False, clip_start="start", buckets=buckets)
+
+    def shape(i):
+        h, w = clips.clip_size(i)
+        return t, h // SPATIAL_COMPRESSION, w // SPATIAL_COMPRESSION
+
+    todo = [i for i, path in enumerate(clips.files) if not _has_latent(path, shape(i))]
     written = 0
     for i in todo[rank::world]:
         path = clips.files[i]
@@ -108,7 +112,7 @@ def prepare_synthetic(root: str, config: DiTConfig, *, num_frames: int, size: tu
 def embed_captions(root: str, *, text_encoder: str | None = None, device=None, cache_dir=None,
                    dtype: torch.dtype = torch.bfloat16, overwrite: bool = False) -> dict:
     """Embed the captions of the official post-training layout under root (DATASET/videos/<name>.mp4 with
-    DATASET/metas/<name>.txt) with the Reason1 encoder (cosmos_models.nets.text_encoder; loaded only
+    DATASET/metas/<name>.txt, or a row of DATASET/metadata.csv) with the Reason1 encoder (cosmos_models.nets.text_encoder; loaded only
     if a caption needs it, freed after) into DATASET/text_embeddings/<name>.pt, which the loaders read.
     Returns counts: {"written", "present", "no_caption", "encoder"}."""
     from cosmos_models.nets.text_encoder import PromptEncoder, write_embedding
@@ -119,7 +123,7 @@ def embed_captions(root: str, *, text_encoder: str | None = None, device=None, c
         found = D.official_layout(path)
         if found is None:
             continue
-        caption = D.caption_file(path)
+        caption = D.caption_of(path)
         if caption is None:
             counts["no_caption"] += 1
             continue
@@ -127,12 +131,7 @@ def embed_captions(root: str, *, text_encoder: str | None = None, device=None, c
         if os.path.isfile(target) and not overwrite:
             counts["present"] += 1
             continue
-        with open(caption, encoding="utf-8") as f:
-            text = f.read().strip()
-        if text:
-            todo.append((target, text))
-        else:
-            counts["no_caption"] += 1
+        todo.append((target, caption[1]))
     if todo:
         encoder = PromptEncoder(text_encoder, device=device, cache_dir=cache_dir)
         counts["encoder"] = encoder.path
@@ -166,12 +165,18 @@ def fit_block_autoencoder(paths: list[str]):
 
 def build_loader(config: DiTConfig, *, data_root: str, size: tuple[int, int], num_frames: int, batch: int,
                  seed: int, num_workers: int, dp_rank: int, dp_size: int, image_prob: float = 0.0,
-                 image_data: str | None = None, image_batch: int | None = None):
+                 image_data: str | None = None, image_batch: int | None = None, buckets: bool = False,
+                 controls: tuple[str, ...] = ()):
     """The batch source: a ClipLoader over data_root, or a JointLoader of it and an image loader
-    (image_prob > 0; images from image_data, or the first frames of data_root's videos).
+    (image_prob > 0; images from image_data, or the first frames of data_root's videos); with buckets,
+    clips of each aspect-ratio bucket's size, one bucket per batch (clips.ASPECT_BUCKETS).
+    controls (Transfer): the clips are decoded (their controls are made from the pixels) and the given
+    depth / seg control videos are read beside them (clips.control_video_path).
     Both are sharded over the data-parallel ranks: the ranks of a context-parallel group share batches."""
-    common = dict(fps=config.fps, resolution=size, text_len=config.text_len, seed=seed)
-    videos = D.ClipDataset(data_root, num_frames=num_frames, use_latents=True, **common)
+    common = dict(fps=config.fps, resolution=size, text_len=config.text_len, seed=seed, buckets=buckets)
+    videos = D.ClipDataset(data_root, num_frames=num_frames, use_latents=not controls,
+                           with_actions=config.variant == "action",
+                           controls=[c for c in controls if c in D.GIVEN_CONTROLS], **common)
     video_loader = D.ClipLoader(videos, batch, rank=dp_rank, world_size=dp_size, seed=seed, num_workers=num_workers)
     if image_prob <= 0:
         return video_loader

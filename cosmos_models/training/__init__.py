@@ -11,6 +11,7 @@
     checkpointing.py atomic DCP checkpoint folders with a `latest` pointer
     run_folder.py    one run per folder: the lock, run.json (what the run was started with), drift checks
     loggers.py       --log-to: the log records in TensorBoard and/or Weights & Biases
+    previews.py      --sample-every: preview videos from the EMA weights during training
     lora.py          --lora: peft adapters on the block projections, merge and adapter files
     faults.py        signals (SIGTERM/SIGINT: checkpoint, then exit 143/130), bad steps, OOM and disk-full
                      diagnosis, lost processes

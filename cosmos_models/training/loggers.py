@@ -66,6 +66,16 @@ class MetricLoggers:
         for write in self._writers:
             write(step, values)
 
+    def log_media(self, step: int, name: str, strip, video_path: str) -> None:
+        """A preview (training/previews.py): `strip` (3, H, W) uint8 frames to TensorBoard as an image,
+        the mp4 at `video_path` to W&B as a video."""
+        if hasattr(self, "_tb"):
+            self._tb.add_image(f"{self.name}/{name}", strip, step, dataformats="CHW")
+            self._tb.flush()
+        if hasattr(self, "_wandb"):
+            import wandb
+            self._wandb.log({f"{self.name}/{name}": wandb.Video(video_path)}, step=step)
+
     def _tensorboard(self, step: int, values: dict[str, float]) -> None:
         for key, value in values.items():
             self._tb.add_scalar(f"{self.name}/{key}", value, step)

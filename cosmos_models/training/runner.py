@@ -77,6 +77,7 @@ class RunConfig:
     steps: int = 20
     batch: int = 1
     resolution: str | None = None
+    aspect_buckets: bool = False       # clips at their aspect bucket's size (data/clips.py ASPECT_BUCKETS)
     frames: int | None = None
     cp: int = 1
     hsdp_replicate: int = 1
@@ -252,7 +253,7 @@ class Run:
         config_hash = run_folder.content_hash(dataclasses.asdict(self.model_cfg))
         return {"config": f"{self.model_cfg.name} (contents {config_hash})", "data": data, "seed": cfg.seed,
                 "batch": cfg.batch * lay.dp_size, "resolution": f"{shape.size[0]}x{shape.size[1]}",
-                "frames": shape.frames, "vae": None if cfg.vae is None else os.path.abspath(cfg.vae)}
+                "frames": shape.frames, "aspect_buckets": cfg.aspect_buckets, "vae": None if cfg.vae is None else os.path.abspath(cfg.vae)}
 
     def recipe(self) -> dict:
         """Values resolved from the flags that a change of another flag can move (OUT/run.json
@@ -264,9 +265,12 @@ class Run:
         return prepare.build_loader(self.model_cfg, data_root=data_root, size=self.shape.size,
                                     num_frames=self.shape.frames, batch=self.cfg.batch, seed=self.cfg.seed,
                                     num_workers=self.cfg.num_workers, dp_rank=self.layout.dp_rank,
-                                    dp_size=self.layout.dp_size)
+                                    dp_size=self.layout.dp_size, buckets=self.cfg.aspect_buckets)
 
     # ------------------------------------------------------------------------------------------ set-up
+    def after_step(self) -> None:
+        """After each step, before its checkpoint: what a subclass does between steps (previews)."""
+
     def kernels(self):
         """The kernel backends of this run (--kernel-backend), process-wide while inside."""
         return dispatch.use_backend(self.cfg.kernel_backend)
@@ -367,14 +371,20 @@ class Run:
                 self.print(f"cosmos {self.name}: embedded {counts['written']} captions with {counts['encoder']}")
         if cfg.cache_latents:
             prepare.cache_latents(self.data_root, self.vae(), num_frames=shape.frames, fps=self.model_cfg.fps,
-                                  size=shape.size, rank=lay.rank, world=lay.world, device=lay.device)
+                                  size=shape.size, rank=lay.rank, world=lay.world, device=lay.device,
+                                  buckets=cfg.aspect_buckets)
             dist.barrier()
         return self.build_loader(self.data_root)
 
     def vae(self):
+        """--vae; for a tiny config's generated clips the autoencoder fitted to them (OUT/vae), which
+        cached their latents; else build_vae's default."""
         if self._vae is None:
             dtype = torch.bfloat16 if self.layout.device.type == "cuda" else torch.float32
-            self._vae = prepare.build_vae(self.cfg.vae, self.model_cfg, self.layout.device, dtype)
+            spec, fitted = self.cfg.vae, os.path.join(self.cfg.out, "vae")
+            if spec is None and self.cfg.data is None and os.path.isdir(fitted):
+                spec = fitted
+            self._vae = prepare.build_vae(spec, self.model_cfg, self.layout.device, dtype)
         return self._vae
 
     # ------------------------------------------------------------------------------------------ batches
@@ -454,6 +464,7 @@ class Run:
                 if len(window) == cfg.log_every or self.step == cfg.steps:
                     self._log(window)
                     window = []
+                self.after_step()
                 saved = False
                 if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
                     self.save()

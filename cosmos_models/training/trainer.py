@@ -47,8 +47,11 @@ The EMA weights are also exported to <out>/ema.safetensors (cosmos_models.save_c
 `cosmos sample --checkpoint <out>/ema.safetensors`.
 
 Logs: every --log-every steps a line on stdout and a JSON record in <out>/train_log.jsonl (step,
-loss, lr, grad norm, step time, tokens/s; on a GPU in bf16 also MFU: cosmos_models.nets.flops useful FLOPs
-per second over the H100 SXM bf16 dense peak, as cosmos_models.perf.mfu); a tqdm bar on a terminal.
+loss, the loss per noise-level bucket loss_t<lo>-<hi> of t (T_BUCKETS), lr, grad norm, EMA β, step
+time, tokens/s, peak memory; on a GPU in bf16 also MFU: cosmos_models.nets.flops useful FLOPs per
+second over the H100 SXM bf16 dense peak, as cosmos_models.perf.mfu), the same to TensorBoard / W&B
+with --log-to; a tqdm bar on a terminal. --sample-every N: a preview video from the EMA weights
+every N steps (cosmos_models/training/previews.py).
 """
 from __future__ import annotations
 
@@ -77,6 +80,19 @@ __all__ = ["TrainConfig", "Trainer", "PRECISIONS", "CONDITIONS", "TIMESTEP_RECIP
            "shift_for_resolution", "resolve"]
 
 CONDITIONS = ("final", "early", "none")
+T_BUCKETS = (0.0, 0.25, 0.5, 0.75, 1.0 + 1e-9)  # the noise-level buckets of the logged loss (t = 1: pure noise)
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """{"peak_memory_gib": the CUDA allocator's peak} on a GPU, {"peak_rss_gib": the process's peak
+    resident memory} elsewhere (what an out-of-memory is measured against)."""
+    if device.type == "cuda":
+        return {"peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+    try:
+        import resource
+    except ImportError:  # (not on Windows)
+        return {}
+    return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # KiB on Linux
 TIMESTEP_RECIPES = ("official", "paper")
 
 
@@ -106,6 +122,10 @@ class TrainConfig(RunConfig):
     overfit_batch: bool = False
     lora: str | None = None            # "RANK[:ALPHA]": train LoRA adapters only (training/lora.py)
     lora_targets: str | None = None    # comma-separated block projections (default: attention + MLP)
+    control: str | None = None         # Transfer: the control modalities trained, comma-separated (default edge)
+    sample_every: int = 0              # a preview video from the EMA every N steps (training/previews.py)
+    sample_prompts: int = 2
+    sample_steps: int = 10
 
 
 def shift_for_resolution(size: tuple[int, int]) -> float:
@@ -124,6 +144,7 @@ class Resolved(RunShape):
     warmup: int = 0
     weight_decay: float = 0.0
     image_batch: int = 1
+    controls: tuple[str, ...] = ()     # Transfer: the modalities each step feeds the control branch
 
 
 def resolve(cfg: TrainConfig, device_type: str, *, needs_data: bool = True) -> Resolved:
@@ -143,6 +164,13 @@ def resolve(cfg: TrainConfig, device_type: str, *, needs_data: bool = True) -> R
         raise ValueError(f"--timesteps {cfg.timesteps!r}: expected one of {TIMESTEP_RECIPES}")
     if not (cfg.loss_scale > 0 and math.isfinite(cfg.loss_scale)):
         raise ValueError(f"--loss-scale must be a finite number > 0, got {cfg.loss_scale}")
+    for name in ("sample_every",):
+        positive_int(name, getattr(cfg, name), 0)
+    for name in ("sample_prompts", "sample_steps"):
+        positive_int(name, getattr(cfg, name))
+    if cfg.sample_every and model_cfg.variant != "predict":
+        raise ValueError(f"--sample-every: previews are text2world videos, which a {model_cfg.variant} model "
+                         f"({model_cfg.name}) does not make; sample its checkpoints with cosmos sample instead")
     if not (cfg.grad_clip >= 0 and math.isfinite(cfg.grad_clip)):
         raise ValueError(f"--grad-clip must be >= 0 (0: no clipping), got {cfg.grad_clip}")
     lr = model_cfg.lr if cfg.lr is None else cfg.lr
@@ -153,8 +181,27 @@ def resolve(cfg: TrainConfig, device_type: str, *, needs_data: bool = True) -> R
     if not 0.0 <= cfg.final_lr_ratio <= 1.0:
         raise ValueError(f"--final-lr-ratio must be in [0, 1], got {cfg.final_lr_ratio}")
     weight_decay = model_cfg.weight_decay if cfg.weight_decay is None else cfg.weight_decay
+    controls = _controls(cfg, model_cfg)
     return Resolved(**{f.name: getattr(shape, f.name) for f in dataclasses.fields(RunShape)}, lr=lr, warmup=warmup,
-                    weight_decay=weight_decay, image_batch=image_batch)
+                    weight_decay=weight_decay, image_batch=image_batch, controls=controls)
+
+
+def _controls(cfg: TrainConfig, model_cfg) -> tuple[str, ...]:
+    """--control: the Transfer modalities trained (edge and blur computed from each clip, depth and seg
+    read from DATASET/<kind>/<name>.mp4); edge by default, as the official single-view recipe."""
+    if model_cfg.variant != "transfer":
+        if cfg.control is not None:
+            raise ValueError(f"--control is for Transfer models; {model_cfg.name} is a {model_cfg.variant} model")
+        return ()
+    names = tuple(dict.fromkeys({"vis": "blur"}.get(n.strip(), n.strip()) for n in (cfg.control or "edge").split(",")
+                                if n.strip()))
+    wrong = [n for n in names if n not in model_cfg.control_modalities]
+    if wrong or not names:
+        raise ValueError(f"--control {cfg.control!r}: expected some of {model_cfg.control_modalities}, comma-separated")
+    if cfg.image_prob > 0:
+        raise ValueError("--image-prob: a Transfer model trains on videos with their controls; joint image batches "
+                         "are for Predict models")
+    return names
 
 
 def lr_factor(step: int, warmup: int, total: int, final_ratio: float) -> float:
@@ -195,14 +242,15 @@ class Trainer(Run):
                   "image_data": None if cfg.image_data is None else os.path.abspath(cfg.image_data)}
         lora_id = {} if cfg.lora is None else {"lora": f"{cfg.lora} on {','.join(lora.parse_targets(cfg.lora_targets))}",
                                                "init": None if cfg.init is None else os.path.abspath(cfg.init)}
-        return {**super().identity(), **(images if cfg.image_prob > 0 else {"image_prob": 0.0}), **lora_id}
+        controls = {"control": ",".join(self.r.controls)} if self.r.controls else {}
+        return {**super().identity(), **(images if cfg.image_prob > 0 else {"image_prob": 0.0}), **lora_id, **controls}
 
     def build_loader(self, data_root: str):
         cfg, lay, r = self.cfg, self.layout, self.r
         return prepare.build_loader(self.model_cfg, data_root=data_root, size=r.size, num_frames=r.frames,
                                     batch=cfg.batch, seed=cfg.seed, num_workers=cfg.num_workers, dp_rank=lay.dp_rank,
                                     dp_size=lay.dp_size, image_prob=cfg.image_prob, image_data=cfg.image_data,
-                                    image_batch=r.image_batch)
+                                    image_batch=r.image_batch, buckets=cfg.aspect_buckets, controls=r.controls)
 
     # ------------------------------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -237,6 +285,7 @@ class Trainer(Run):
         self.peak = peak_flops(lay.device, r.precision)
         self._flops_cache: dict = {}
         self._fixed_batch = None
+        self._previews = None  # --sample-every (training/previews.py), made at the first preview
 
     # ------------------------------------------------------------------------------------------ batches
     def next_batch(self) -> dict:
@@ -263,6 +312,25 @@ class Trainer(Run):
         """The variant's own forward inputs carried by the batch (control latents, actions, views)."""
         names = getattr(self.model, "variant_inputs", ())
         return {k: rows_of(batch[k], rows, self.layout.device) for k in names if k in batch}
+
+    def _control_latents(self, batch: dict, rows: Tensor, broadcast: bool) -> dict[str, Tensor]:
+        """Transfer: {modality: control latents} of the batch rows: edge / blur computed from each clip
+        with the official default presets (sampling/control.py, as at inference), depth / seg from the
+        given videos the loader decoded at the clip's times; each encoded by the VAE like the clip."""
+        from cosmos_models.sampling.control import blur_control, edge_control
+
+        if "video" not in batch:
+            raise ValueError("a Transfer model trains from the clips' pixels (its controls are made from them); "
+                             "this batch holds cached latents only")
+        out = {}
+        for kind in self.r.controls:
+            if kind in ("edge", "blur"):
+                make = edge_control if kind == "edge" else blur_control
+                videos = torch.stack([make(batch["video"][int(i)]) for i in rows])
+            else:
+                videos = batch["control_video"][kind][rows]
+            out[kind] = self.latents({"video": videos}, torch.arange(len(rows)), broadcast)
+        return out
 
     @contextlib.contextmanager
     def _context_parallel_off(self):
@@ -299,6 +367,8 @@ class Trainer(Run):
         with self.range("flow_inputs"):
             inputs, text = self._flow_inputs(x0, text, sample_ids, step_key)
         extra = self._variant_inputs(batch, rows)
+        if self.r.controls:
+            extra["control_input"] = self._control_latents(batch, rows, broadcast=cp_on)
         # FSDP divides the reduced gradient by the mesh size (dp x cp); see parallel.py for the scales
         n_local = len(rows)
         backward_scale = {"plain": 1.0, "cp": float(lay.cp), "split": lay.cp * n_local / n_group,
@@ -311,6 +381,7 @@ class Trainer(Run):
             with self.range("loss"):
                 loss = self.flow.loss(pred, inputs)
             (loss * backward_scale).backward()
+        by_t = self._loss_by_noise_level(pred.detach(), inputs, log_weight)
         lr = self.optimizer.param_groups[0]["lr"]
         reduced = (loss.detach().double() * log_weight).reshape(1)
         dist.all_reduce(reduced)
@@ -332,11 +403,26 @@ class Trainer(Run):
         grid = tuple(x0.shape[2:])
         passes = len(extra["control_input"]) if isinstance(extra.get("control_input"), dict) else 1
         return {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm, "ema_beta": beta,
-                "skipped": skipped,
+                "skipped": skipped, "loss_by_t": by_t,
                 "kind": "image" if is_image else "video", "step_time_s": time.perf_counter() - start,
                 "tokens": self._tokens(grid) * n_group * lay.dp_size,
                 "flops": self._flops(grid, n_group if mode == "cp" else n_local, lay.cp if cp_on else 1,
                                      share=1.0 / lay.cp if mode == "redundant" else 1.0, control_passes=passes)}
+
+    def _loss_by_noise_level(self, pred: Tensor, inputs, weight: float) -> list[tuple[float, float]]:
+        """(sum of per-sample losses, samples) per t bucket (T_BUCKETS) over the whole step: every rank's
+        samples all-reduced (`weight` counts a cp group's shared samples once), so rank 0 logs them all."""
+        edges = torch.tensor(T_BUCKETS, dtype=torch.float64)
+        sums = torch.zeros(2 * (len(T_BUCKETS) - 1), dtype=torch.float64)
+        with torch.no_grad():
+            for i in range(pred.shape[0]):
+                one = flow.FlowInputs(**{f.name: getattr(inputs, f.name)[i:i + 1] for f in dataclasses.fields(flow.FlowInputs)})
+                value = float(self.flow.loss(pred[i:i + 1], one))
+                b = int(torch.searchsorted(edges, float(inputs.t[i]), right=True).clamp(1, len(T_BUCKETS) - 1)) - 1
+                sums[2 * b] += value * weight
+                sums[2 * b + 1] += weight
+        dist.all_reduce(sums)
+        return [(float(sums[2 * b]), float(sums[2 * b + 1])) for b in range(len(T_BUCKETS) - 1)]
 
     def _tokens(self, latent_grid: tuple[int, int, int]) -> int:
         c = self.model_cfg
@@ -363,7 +449,8 @@ class Trainer(Run):
         r, lay = self.r, self.layout
         params = sum(p.numel() for p in self.model.parameters())
         return (f"cosmos train: {self.model_cfg.name} ({params / 1e6:.1f}M params) on {lay.describe()}, "
-                f"{r.precision}, sac={r.sac}, clips {r.frames}x{r.size[0]}x{r.size[1]} from {self.data_root}, "
+                f"{r.precision}, sac={r.sac}, clips {r.frames}x{r.size[0]}x{r.size[1]}"
+                f"{' in aspect buckets' if self.cfg.aspect_buckets else ''} from {self.data_root}, "
                 f"batch {self.cfg.batch}/dp group x {lay.dp_size}, lr {r.lr:.3g} (warmup {r.warmup}), "
                 f"{self.ema.describe()}, steps {self.step}->{self.cfg.steps}, out {self.cfg.out}")
 
@@ -374,6 +461,13 @@ class Trainer(Run):
                   "losses": [w["loss"] for w in window], "lr": last["lr"], "grad_norm": last["grad_norm"],
                   "kind": last["kind"], "step_time_s": step_time,
                   "tokens_per_s": sum(w["tokens"] for w in window) / sum(w["step_time_s"] for w in window)}
+        for b, (lo, hi) in enumerate(zip(T_BUCKETS, T_BUCKETS[1:])):
+            total, count = (sum(w["loss_by_t"][b][k] for w in window if w.get("loss_by_t")) for k in (0, 1))
+            if count > 0:
+                record[f"loss_t{lo:.2f}-{hi:.2f}"] = total / count  # the mean loss of the samples with t in [lo, hi)
+        if last.get("ema_beta") is not None:
+            record["ema_beta"] = last["ema_beta"]
+        record.update(peak_memory(self.layout.device))
         step_flops = [w["flops"] for w in window]
         if self.peak is not None and None not in step_flops:
             record["mfu"] = sum(step_flops) / sum(w["step_time_s"] for w in window) / self.peak
@@ -416,15 +510,27 @@ class Trainer(Run):
         A LoRA run writes its EMA adapters to <out>/lora.safetensors and the base with them merged here."""
         from cosmos_models.nets.checkpoint import write_weights
 
+        write_weights(self.model_cfg, self.ema_weights(save_adapter=True), path)
+
+    def ema_weights(self, *, save_adapter: bool = False) -> dict[str, Tensor] | None:
+        """The full EMA weights on rank 0 (a LoRA run's EMA adapters merged into the base; with
+        save_adapter also written to <out>/lora.safetensors); None on other ranks. A collective."""
         averaged = self.ema.full_state_dict()
         if self.lora is None:
-            write_weights(self.model_cfg, averaged, path)
-            return
+            return averaged
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if averaged is None:  # (ranks other than 0 took part in the gathers only)
-            return
+            return None
         full = {**{k: v.float() for k, v in full.items()}, **averaged}
-        lora.save_adapter(os.path.join(self.cfg.out, "lora.safetensors"), averaged, self.lora, self.model_cfg.name)
-        write_weights(self.model_cfg, lora.merged_state_dict(full, self.lora["rank"], self.lora["alpha"]), path)
+        if save_adapter:
+            lora.save_adapter(os.path.join(self.cfg.out, "lora.safetensors"), averaged, self.lora, self.model_cfg.name)
+        return lora.merged_state_dict(full, self.lora["rank"], self.lora["alpha"])
+
+    def after_step(self) -> None:
+        if self.cfg.sample_every and self.step % self.cfg.sample_every == 0:
+            if self._previews is None:
+                from cosmos_models.training.previews import Previews
+                self._previews = Previews(self, prompts=self.cfg.sample_prompts, steps=self.cfg.sample_steps)
+            self._previews.write(self.step)
