@@ -171,9 +171,15 @@ def run(only: str = "", cuda: bool = True) -> list[Row]:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     with tempfile.TemporaryDirectory(prefix="cosmos_aot_") as tmp:
         work = Path(tmp)
+        cuda_rows = None
+        if cuda:  # nvcc runs in its own processes: let it work while Triton compiles here
+            from concurrent.futures import ThreadPoolExecutor
+            pool = ThreadPoolExecutor(max_workers=1)
+            cuda_rows = pool.submit(compile_cuda, work)
         rows = [compile_triton(s, work) for s in triton_specs(only)]
-        if cuda:
-            rows += [r for r in compile_cuda(work) if only in r.kernel]
+        if cuda_rows is not None:
+            rows += [r for r in cuda_rows.result() if only in r.kernel]
+            pool.shutdown()
     return rows
 
 

@@ -157,15 +157,24 @@ def test_cosmos_sample_says_what_is_wrong_in_one_line(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+def _cosmos_pair(*argv_pair):
+    """Two `cosmos` processes at once (each its own interpreter: bytes compared across processes)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    procs = [subprocess.Popen([sys.executable, "-m", "cosmos_models.cli", *argv], cwd=ROOT, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for argv in argv_pair]
+    return [(p, *p.communicate(timeout=300)) for p in procs]
+
+
 def test_same_seed_same_mp4_bytes_with_and_without_a_checkpoint(tmp_path):
     common = ["sample", "--config", "tiny", "--steps", "2", "--seed", "7", "--no-progress", "--frames", "5"]
-    a, b = (_cosmos(*common, "--out", str(tmp_path / f"{n}.mp4")) for n in ("a", "b"))
-    assert a.returncode == 0 and b.returncode == 0, a.stderr[-2000:]
+    for proc, _, err in _cosmos_pair(*([*common, "--out", str(tmp_path / f"{n}.mp4")] for n in ("a", "b"))):
+        assert proc.returncode == 0, err[-2000:]
     assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
     torch.manual_seed(3)
     path = tmp_path / "w.safetensors"
     save_checkpoint(cm.build("tiny"), path)
-    c, d = (_cosmos(*common, "--checkpoint", str(path), "--out", str(tmp_path / f"{n}.mp4")) for n in ("c", "d"))
-    assert c.returncode == 0 and d.returncode == 0, c.stderr[-2000:]
+    for proc, _, err in _cosmos_pair(*([*common, "--checkpoint", str(path), "--out", str(tmp_path / f"{n}.mp4")]
+                                       for n in ("c", "d"))):
+        assert proc.returncode == 0, err[-2000:]
     assert (tmp_path / "c.mp4").read_bytes() == (tmp_path / "d.mp4").read_bytes()
     assert (tmp_path / "a.mp4").read_bytes() != (tmp_path / "c.mp4").read_bytes()

@@ -165,6 +165,10 @@ _register(DiTConfig("predict2.5-2b-multiview", **_2B, variant="multiview", frame
 _register(DiTConfig("predict2.5-2b-action", **_2B, variant="action", resolution=(256, 320), num_frames=13,
                     fps=4))
 _register(DiTConfig("tiny", **_TINY))
+# the README's first command: wide enough to learn the generated clip set in ~600 CPU steps (the 64-wide
+# tiny stays noise after thousands); guidance 0 since it trains without text dropout (a demo memorizes)
+_register(DiTConfig("tiny-demo", **{**_TINY, "model_channels": 128, "num_blocks": 4, "num_heads": 4}, lr=3e-3,
+                    warmup_steps=120, guidance=0.0))
 _register(DiTConfig("tiny-natten", **{**_TINY, "num_blocks": 2},
                     sparse_attention=(SparseWindow((-1, 3, 3)), None)))
 _register(DiTConfig("tiny-transfer", **{**_TINY, "num_blocks": 4}, variant="transfer",
