@@ -80,6 +80,7 @@ __all__ = ["TrainConfig", "Trainer", "PRECISIONS", "CONDITIONS", "TIMESTEP_RECIP
            "shift_for_resolution", "resolve"]
 
 CONDITIONS = ("final", "early", "none")
+TIMESTEP_RECIPES = ("official", "paper")
 T_BUCKETS = (0.0, 0.25, 0.5, 0.75, 1.0 + 1e-9)  # the noise-level buckets of the logged loss (t = 1: pure noise)
 
 
@@ -93,7 +94,6 @@ def peak_memory(device: torch.device) -> dict[str, float]:
     except ImportError:  # (not on Windows)
         return {}
     return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # KiB on Linux
-TIMESTEP_RECIPES = ("official", "paper")
 
 
 @dataclass
@@ -367,7 +367,7 @@ class Trainer(Run):
         with self.range("flow_inputs"):
             inputs, text = self._flow_inputs(x0, text, sample_ids, step_key)
         extra = self._variant_inputs(batch, rows)
-        if self.r.controls:
+        if self.r.controls and "control_input" not in extra:  # (batches of latents may bring their own)
             extra["control_input"] = self._control_latents(batch, rows, broadcast=cp_on)
         # FSDP divides the reduced gradient by the mesh size (dp x cp); see parallel.py for the scales
         n_local = len(rows)
