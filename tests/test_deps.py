@@ -44,10 +44,8 @@ def test_import_of_every_library_module_needs_no_optional_package():
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 
-def test_selfcheck_runs_without_optional_packages():
-    proc = cosmos_without(OPTIONAL, "selfcheck", "--only", "adaln,rope,flash_attention,distill")
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "rcm_student_step" in proc.stdout and "flash_attention.fwd" in proc.stdout
+# `cosmos selfcheck` without the optional packages is CI leg 2's first step (.ci/oldest.sh: a venv of
+# `pip install --no-deps`, every family, the GPU image's pair), a stronger check than blocking imports here.
 
 
 def test_bench_train_step_runs_without_optional_packages(tmp_path):
