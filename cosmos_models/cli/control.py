@@ -22,7 +22,6 @@ import os
 import sys
 
 KINDS = ("edge", "blur", "depth", "seg")
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +61,9 @@ def run(args) -> int:
     if args.video is not None:
         _one(make, args.video, args.out, args.frames)
         return 0
-    videos_dir = os.path.join(args.data, "videos")
+    from cosmos_models.data.clips import OFFICIAL_VIDEOS, VIDEO_EXTENSIONS
+
+    videos_dir = os.path.join(args.data, OFFICIAL_VIDEOS)
     if not os.path.isdir(videos_dir):
         raise FileNotFoundError(f"--data {args.data}: expected DATASET/videos/*.mp4 (the official layout)")
     names = sorted(f for f in os.listdir(videos_dir) if os.path.splitext(f)[1].lower() in VIDEO_EXTENSIONS)
