@@ -83,6 +83,12 @@ def check_real(op: str, name: str, value, *, positive: bool = False) -> float:
     return float(value)
 
 
+def check_bool(op: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be True or False, got {value!r}")
+    return value
+
+
 def check_backend_dtype(op: str, backend: str, t: torch.Tensor) -> None:
     """float64 runs on the reference only (used for float64 JVP/gradient checks of whole models)."""
     if backend != "torch" and t.dtype not in KERNEL_DTYPES:

@@ -3,11 +3,12 @@
 Each module in cosmos_kernels/triton/ lists the configurations it really launches on an H100 in
 `AOT_SPECS` (a list of AotSpec). This compiles each with `triton.compile(ASTSource(...),
 target=GPUTarget("cuda", 90, 32))`, runs ptxas -v over its PTX for registers and spills, reads
-shared memory from Triton's metadata, and looks for wgmma in the PTX. The CUDA sources of csrc/
+shared memory from Triton's metadata, and looks for wgmma and TMA copies (cp.async.bulk.tensor)
+in the PTX and for warp-specialized partitions (ttg.warp_specialize) in the TTGIR. The CUDA sources of csrc/
 are compiled with `nvcc -Xptxas -v` for sm_90a and reported the same way.
 
 Exit status is non-zero if any kernel spills, exceeds the shared-memory limit, fails to compile,
-or does not use wgmma where its spec says it must.
+or does not use wgmma, TMA or warp specialization where its spec says it must.
 
     python -m cosmos_kernels.aot [--json FILE] [--only SUBSTRING] [--no-cuda]
 """
@@ -41,6 +42,8 @@ class Row:
     smem: int | None = None
     spill_bytes: int | None = None
     wgmma: bool | None = None
+    tma: bool | None = None
+    warp_specialized: bool | None = None
     problems: list = field(default_factory=list)
 
 
@@ -92,6 +95,8 @@ def compile_triton(spec: AotSpec, workdir: Path) -> Row:
     ptx = compiled.asm["ptx"]
     row.smem = int(compiled.metadata.shared)
     row.wgmma = "wgmma" in ptx
+    row.tma = "cp.async.bulk.tensor" in ptx
+    row.warp_specialized = "ttg.warp_specialize" in compiled.asm.get("ttgir", "")
     ptx_file = workdir / f"{re.sub(r'[^A-Za-z0-9_]', '_', spec.name)}.ptx"
     ptx_file.write_text(ptx)
     arch = "sm_90a" if ".target sm_90a" in ptx else "sm_90"
@@ -101,17 +106,21 @@ def compile_triton(spec: AotSpec, workdir: Path) -> Row:
         row.problems.append(f"ptxas failed: {res.stderr.strip()[:200]}")
         return row
     row.registers, _, row.spill_bytes = _parse_ptxas(res.stderr + res.stdout)
-    _judge(row, spec.expect_wgmma)
+    _judge(row, spec.expect_wgmma, spec.expect_tma, spec.expect_warp_specialized)
     return row
 
 
-def _judge(row: Row, expect_wgmma: bool) -> None:
+def _judge(row: Row, expect_wgmma: bool, expect_tma: bool = False, expect_ws: bool = False) -> None:
     if row.spill_bytes:
         row.problems.append(f"spills {row.spill_bytes} bytes")
     if row.smem is not None and row.smem > SMEM_LIMIT:
         row.problems.append(f"shared memory {row.smem} > {SMEM_LIMIT}")
     if expect_wgmma and not row.wgmma:
         row.problems.append("expected wgmma, none in the PTX")
+    if expect_tma and not row.tma:
+        row.problems.append("expected TMA copies (cp.async.bulk.tensor), none in the PTX")
+    if expect_ws and not row.warp_specialized:
+        row.problems.append("expected a warp-specialized loop, none in the TTGIR")
 
 
 def compile_cuda(workdir: Path) -> list[Row]:
@@ -150,16 +159,17 @@ def _cuda_rows(src: str, log: str) -> list[Row]:
         short = re.sub(r"\(.*$", "", name)
         tmpl = re.search(r"<(.*)>", name)
         row = Row(f"{src}:{short.split('<')[0].split('::')[-1]}", tmpl.group(1)[:60] if tmpl else "sm_90a",
-                  registers=regs, smem=smem or 0, spill_bytes=spills, wgmma=False)
+                  registers=regs, smem=smem or 0, spill_bytes=spills, wgmma=False, tma=False, warp_specialized=False)
         _judge(row, False)
         rows.append(row)
     return rows
 
 
 def format_table(rows: list[Row]) -> str:
-    head = ("kernel", "config", "regs", "smem", "spill", "wgmma", "status")
-    data = [(r.kernel, r.config, str(r.registers), str(r.smem), str(r.spill_bytes),
-             {None: "-", True: "yes", False: "no"}[r.wgmma], "; ".join(r.problems) or "ok") for r in rows]
+    head = ("kernel", "config", "regs", "smem", "spill", "wgmma", "tma", "ws", "status")
+    yes = {None: "-", True: "yes", False: "no"}
+    data = [(r.kernel, r.config, str(r.registers), str(r.smem), str(r.spill_bytes), yes[r.wgmma], yes[r.tma],
+             yes[r.warp_specialized], "; ".join(r.problems) or "ok") for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *data)] if data else [len(h) for h in head]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"

@@ -1,9 +1,13 @@
 """Test setup: the Triton interpreter on CPU (set before anything imports triton), outputs
-poisoned with NaN before kernels write them, a fixed seed per test, and the `gpu` marker."""
+poisoned with NaN before kernels write them, an empty tuning cache, a fixed seed per test, and the
+`gpu` marker."""
 import os
+import tempfile
 import zlib
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# a tuning cache of the tests' own (none): entries a user tuned on this machine must not change results
+os.environ["COSMOS_KERNELS_TUNE_CACHE"] = os.path.join(tempfile.mkdtemp(prefix="cosmos-tests-"), "tuning.json")
 os.environ["COSMOS_KERNELS_POISON"] = "1"
 os.environ.pop("COSMOS_KERNELS_BACKEND", None)
 

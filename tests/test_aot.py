@@ -26,6 +26,20 @@ def test_full_report_passes(tmp_path):
     attention = [r for r in rows if r["kernel"].startswith(("flash_attention", "neighborhood_attention"))
                  and "delta" not in r["kernel"] and "pre" not in r["kernel"]]
     assert attention and all(r["wgmma"] for r in attention)
+    # the Hopper variants: TMA copies in every one, a warp-specialized loop in the _ws ones, and
+    # the boolean `tma` field on every row (False where the kernel moves data by pointers)
+    assert all(isinstance(r["tma"], bool) for r in rows)
+    hopper = {r["kernel"]: r for r in rows if r["kernel"].startswith("flash_attention:fwd_tma")}
+    for dtype in ("bf16", "fp16"):
+        for d in (64, 128):
+            for variant in ("tma", "tma_ws"):
+                r = hopper.get(f"flash_attention:fwd_{variant}[{dtype},D={d}]")
+                assert r is not None, f"no {variant} forward for {dtype} D={d} in the report"
+                assert r["wgmma"] and r["tma"] and r["spill_bytes"] == 0, r
+                assert r["warp_specialized"] == (variant == "tma_ws"), r
+    assert not any(r["tma"] for r in rows if r["kernel"].startswith("flash_attention:fwd[")), \
+        "the FA2 forward should move data by pointers, not TMA"
+    assert any(r["kernel"].startswith("flash_attention:bwd_fused[bf16,D=128]") for r in rows)
 
 
 def test_report_flags_spills_smem_and_missing_wgmma():

@@ -6,6 +6,7 @@ Triton backend in the interpreter, FSDP2 and context parallelism on 2 gloo ranks
 exact resume, a toy teacher distilled into a measurably better 4-step student, the few-step sampler
 and `cosmos sample --student` / `cosmos distill`."""
 import copy
+import importlib
 import math
 import os
 from types import SimpleNamespace
@@ -359,7 +360,7 @@ def test_jvp_of_the_tiny_dit_through_our_kernels_matches_the_reference_path(name
         assert float((grads[n] - p.grad).norm()) <= 1e-12 * max(float(p.grad.norm()), 1e-30), n
 
 
-def test_jvp_of_the_tiny_dit_on_the_triton_backend_in_the_interpreter():
+def test_jvp_of_the_tiny_dit_on_the_triton_backend_in_the_interpreter(monkeypatch):
     if "triton" not in runnable_backends("flash_attention"):
         pytest.skip("no Triton backend here")
     model = _perturbed("tiny", torch.float32)
@@ -368,8 +369,17 @@ def test_jvp_of_the_tiny_dit_on_the_triton_backend_in_the_interpreter():
     F.square().sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
+    fa_triton = importlib.import_module("cosmos_kernels.triton.flash_attention")
+    calls = {"forward": 0, "forward_jvp": 0}
+    for name in calls:
+        def counted(*a, _fn=getattr(fa_triton, name), _name=name):
+            calls[_name] += 1
+            return _fn(*a)
+        monkeypatch.setattr(fa_triton, name, counted)
     with ck.use_backend("triton"):
         F_t, dF_t = D.student_jvp(model, x, t, tx, tt, ctx)
+        # the rCM step's JVP pays one fused pass per attention call, no separate forward
+        assert calls["forward"] == 0 and calls["forward_jvp"] >= 2 * len(model.blocks), calls
         F_t.square().sum().backward()
     assert_close(F_t, F, torch.float32, long_reduction=True)
     assert_close(dF_t, dF, torch.float32, grad=True, long_reduction=True)

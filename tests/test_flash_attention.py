@@ -61,6 +61,59 @@ def test_forward_backward(backend, dtype, shape):
         _check(a.grad, r, dtype, backend, grad=True, name=f"d{name}")
 
 
+@pytest.mark.skipif("triton" not in BACKENDS, reason="needs the triton backend")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[2]])
+def test_forward_variants(dtype, shape):
+    """Every forward variant this Triton offers (FA2; TMA descriptors; warp-specialized TMA),
+    launched with its own built-in tile, against the reference: ragged tails, padded head dim."""
+    q, k, v = _qkv(*shape, dtype)
+    D = shape[-1]
+    offered = fa_triton.variants("fwd", dtype)
+    assert offered[0] == "fa2" and (dtype == torch.float32 or len(offered) == 3), offered  # Triton 3.6-3.9 offer all
+    for variant in offered:
+        cfg = fa_triton.config("fwd", D, dtype, variant)
+        out, lse = fa_triton.forward(q, k, v, ref.default_scale(D), cfg)
+        e_out, e_lse = ref.attention_with_lse(q, k, v, ref.default_scale(D))
+        _check(out, e_out, dtype, "triton", name=f"{variant} output")
+        _check(lse, e_lse, torch.float32, "torch", name=f"{variant} lse")
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="needs the triton backend")
+def test_tma_variant_falls_back_on_unaligned_tensors_and_refuses_unknown_variants():
+    """TMA needs 16-byte aligned bases and row strides: a q that starts one element into its
+    storage takes the FA2 path (same numbers); an unknown variant is a clear error."""
+    dtype = torch.bfloat16
+    q, k, v = _qkv(1, 70, 40, 1, 64, dtype)
+    q = torch.cat([torch.zeros(1, dtype=dtype), q.flatten()])[1:].view(q.shape)
+    assert q.data_ptr() % 16
+    out, _ = fa_triton.forward(q, k, v, 0.125, fa_triton.config("fwd", 64, dtype, "tma"))
+    _check(out, ref.attention(q, k, v, 0.125), dtype, "triton")
+    with pytest.raises(ValueError, match="forward variant 'wgmma9' is not offered"):
+        fa_triton.forward(q, k, v, 0.125, fa_triton.Blocks(64, 64, 4, 2, "wgmma9"))
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="needs the triton backend")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_one_pass_backward(dtype, shape):
+    """deterministic=False: dK, dV and dQ from one pass over the key blocks (dQ by fp32 atomics)
+    against the reference, through flash_attention and through flash_attention_jvp's primal."""
+    q, k, v = _qkv(*shape, dtype)
+    tangents = [torch.randn_like(t) for t in (q, k, v)]
+    for name, attend in (("flash_attention", lambda *a: ck.flash_attention(*a, backend="triton", deterministic=False)),
+                         ("flash_attention_jvp", lambda *a: ck.flash_attention_jvp(
+                             *a, *tangents, backend="triton", deterministic=False)[0])):
+        if name == "flash_attention_jvp" and shape is not SHAPES[0]:
+            continue  # the same backward op; one shape shows the JVP op hands `deterministic` on
+        args = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = attend(*args)
+        grad = torch.randn_like(out)
+        out.backward(grad)
+        for g, a, r in zip("qkv", args, _ref_grads(q, k, v, grad)):
+            _check(a.grad, r, dtype, "triton", grad=True, name=f"{name}: d{g} (one-pass backward)")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, q_mult", [(SHAPES[0], 1.0), (SHAPES[1], 1.0), (SHAPES[1], 30.0)])
@@ -81,6 +134,52 @@ def test_jvp(backend, dtype, shape, q_mult, monkeypatch):
     out2, out2_t = ck.flash_attention_jvp(q, k, v, *tangents, backend=backend)
     _check(out2, e_out, dtype, backend)
     _check(out2_t, e_t, dtype, backend, grad=True, name="tangent (flash_attention_jvp)")
+
+
+def _count_launches(monkeypatch, backend) -> dict:
+    """Counts the attention computations a call makes: the forward kernel and the fused JVP kernel
+    (on the torch backend, the reference functions the custom ops call)."""
+    calls = {"forward": 0, "jvp": 0}
+    module, names = (fa_triton, ("forward", "forward_jvp")) if backend == "triton" else \
+        (ref, ("attention_with_lse", "attention_jvp"))
+    for key, name in zip(("forward", "jvp"), names):
+        fn = getattr(module, name)
+
+        def counted(*a, _fn=fn, _key=key):
+            calls[_key] += 1
+            return _fn(*a)
+        monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["func.jvp", "forward_ad"])
+def test_jvp_is_one_kernel_pass(backend, mode, monkeypatch):
+    """Under torch.func.jvp (and forward_ad's dual tensors) flash_attention runs the fused JVP kernel
+    once and no separate forward: the JVP costs one pass. Its primal stays differentiable in reverse
+    mode (rCM's one-pass JVP), with the standard backward's gradients."""
+    dtype = torch.bfloat16
+    q, k, v = _qkv(1, 150, 140, 2, 64, dtype)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    tangents = tuple(torch.randn_like(t) for t in (q, k, v))
+    calls = _count_launches(monkeypatch, backend)
+    attend = lambda a, b, c: ck.flash_attention(a, b, c, backend=backend)  # noqa: E731
+    if mode == "func.jvp":
+        out, out_t = torch.func.jvp(attend, (q, k, v), tangents)
+    else:
+        import torch.autograd.forward_ad as fwAD
+        with fwAD.dual_level():
+            dual = fwAD.unpack_dual(attend(*(fwAD.make_dual(p, t) for p, t in zip((q, k, v), tangents))))
+            out, out_t = dual.primal, dual.tangent
+    assert calls == {"forward": 0, "jvp": 1}, f"attention passes per JVP call: {calls}; expected one fused JVP"
+    e_out, e_t, _, _ = ref.attention_jvp(*(t.detach() for t in (q, k, v)), *tangents, ref.default_scale(64))
+    _check(out, e_out, dtype, backend)
+    _check(out_t, e_t, dtype, backend, grad=True, name="tangent")
+    assert not out_t.requires_grad, "the tangent is a stop-gradient target"
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    for name, a, r in zip("qkv", (q, k, v), _ref_grads(q, k, v, grad)):
+        _check(a.grad, r, dtype, backend, grad=True, name=f"d{name} through the JVP's primal")
 
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="needs the triton backend")
@@ -175,14 +274,17 @@ def test_opcheck():
         grad = torch.randn_like(out)
         torch.library.opcheck(ops.flash_attention_bwd, (grad, q, k, v, out, lse, None, 0.25, backend))
         torch.library.opcheck(ops.flash_attention_bwd, (grad, q, k, v, out, lse, torch.randn_like(lse), 0.25, backend))
+        torch.library.opcheck(ops.flash_attention_bwd, (grad, q, k, v, out, lse, None, 0.25, backend, False))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_grad_of_lse_output(backend):
-    """The op's second output (the log-sum-exp) is differentiable too: δ gets the dlse term."""
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_grad_of_lse_output(backend, deterministic):
+    """The op's second output (the log-sum-exp) is differentiable too: δ gets the dlse term (in
+    both backwards)."""
     q, k, v = _qkv(1, 33, 70, 1, 32, torch.float32)
     args = [t.clone().requires_grad_() for t in (q, k, v)]
-    out, lse = torch.ops.cosmos_kernels.flash_attention(*args, 0.3, backend)
+    out, lse = torch.ops.cosmos_kernels.flash_attention(*args, 0.3, backend, deterministic)
     g_out, g_lse = torch.randn_like(out), torch.randn_like(lse)
     torch.autograd.backward((out, lse), (g_out, g_lse))
     ref_args = [t.detach().clone().requires_grad_() for t in (q, k, v)]
@@ -272,6 +374,8 @@ def test_bad_scale_and_backend():
         ck.flash_attention(q, k, v, torch.tensor(0.5))
     with pytest.raises(ck.BackendUnavailable, match="no 'cuda' backend"):
         ck.flash_attention(q, k, v, backend="cuda")
+    with pytest.raises(TypeError, match="deterministic must be True or False"):
+        ck.flash_attention(q, k, v, deterministic="no")
 
 
 @pytest.mark.gpu

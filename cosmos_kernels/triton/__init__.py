@@ -18,3 +18,5 @@ class AotSpec:
     # args the runtime specializes as divisible by 16 (16-byte aligned pointers, strides % 16 == 0),
     # as it does at launch; without this the report would describe unvectorized loads
     aligned: tuple = ()
+    expect_tma: bool = False  # True for the Hopper variants: TMA copies (cp.async.bulk.tensor) must show
+    expect_warp_specialized: bool = False  # ... and a warp-specialized loop (ttg.warp_specialize partitions)

@@ -12,7 +12,18 @@ rows of one (batch, head). Every kernel keeps O(S) memory: scores live only as o
   the bf16 rounding of the dot inputs relative to the tangent itself. Two accumulators
   (acc = P·V, acc_t) plus the row sums l and r, all rescaled by the same online factor.
 - backward (FA2): a preprocess kernel δ = rowsum(dO⊙O) − dlse; a dK/dV kernel per key block
-  looping over query blocks; a dQ kernel per query block looping over key blocks (no atomics).
+  looping over query blocks; a dQ kernel per query block looping over key blocks (no atomics:
+  deterministic, the default). The one-pass variant (deterministic=False) computes QKᵀ and the
+  softmax once: the dK/dV kernel also adds each query block's dQ share dS·K into an fp32 buffer
+  with atomics (run-to-run bits depend on the order of the adds), saving the dQ kernel's recompute.
+
+Forward variants (`Choice.variant`, picked by cosmos_kernels.tuning; "fa2" is the default until a
+GPU measurement says otherwise): "fa2", pointer loads as above; "tma", the same online softmax
+with Q/K/V/O moved by TMA tensor descriptors (tl.make_tensor_descriptor: the copy engine does the
+address math, out-of-range rows and padded head-dim columns come back as zeros, stores are
+clipped); "tma_ws", that loop warp-specialized (a producer warp group issues the loads, consumers
+do the MMAs and the softmax). Both need a Triton that offers them (HAS_TMA, HAS_WARP_SPECIALIZE);
+without, the launcher takes "fa2".
 
 Key/query loops run the full blocks without masks and the ragged tail with them (MASK constexpr);
 head dims are padded to a power of two (BLOCK_D) with the padding masked (EVEN_D constexpr).
@@ -20,6 +31,7 @@ Dots take the input dtype (bf16/fp16; fp32 inputs use tf32) and accumulate in fp
 """
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -27,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cosmos_kernels import _alloc
+from cosmos_kernels import _alloc, tuning
 from cosmos_kernels.triton import AotSpec
 
 LOG2E = 1.4426950408889634
@@ -38,14 +50,33 @@ LN2 = 0.6931471805599453
 # accumulation match the bf16 MMA of the compiled kernel. Compiled kernels never see this branch.
 _WIDEN_BF16_DOTS = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
+# features, not versions: what this Triton offers (3.6 and 3.9 both do; older ones take "fa2")
+HAS_TMA = hasattr(tl, "make_tensor_descriptor")
+HAS_WARP_SPECIALIZE = "warp_specialize" in inspect.signature(tl.range.__init__).parameters
+FWD_VARIANTS = ("fa2",) + (("tma",) if HAS_TMA else ()) + (("tma_ws",) if HAS_TMA and HAS_WARP_SPECIALIZE else ())
+
 
 @dataclass(frozen=True)
 class Blocks:
-    """Tile shape and launch parameters of one kernel (the same on H100 and in the interpreter)."""
+    """Tile shape and launch parameters of one kernel (the same on H100 and in the interpreter),
+    and its variant (the forward's "fa2" / "tma" / "tma_ws"; the other kernels have "fa2" only)."""
     m: int
     n: int
     warps: int
     stages: int
+    variant: str = "fa2"
+
+    @classmethod
+    def checked(cls, m, n, warps, stages, variant="fa2") -> "Blocks":
+        """From a tuning-cache entry: tile sizes powers of two >= 16, warps in 1..16, stages >= 1."""
+        for name, x in (("m", m), ("n", n)):
+            if not isinstance(x, int) or x < 16 or x & (x - 1):
+                raise ValueError(f"{name}={x!r} is not a power of two >= 16")
+        if warps not in (1, 2, 4, 8, 16) or not isinstance(stages, int) or stages < 1:
+            raise ValueError(f"warps={warps!r}, stages={stages!r}: expected warps in 1..16 (power of two), stages >= 1")
+        if not isinstance(variant, str):
+            raise ValueError(f"variant={variant!r} is not a name")
+        return cls(m, n, warps, stages, variant)
 
 
 # H100 launch configurations, per kernel, per padded head dim (BLOCK_D), for 16-bit inputs and
@@ -62,6 +93,15 @@ CONFIGS = {
     ("dkdv", 4): {32: Blocks(64, 128, 8, 2), 64: Blocks(64, 128, 8, 2), 128: Blocks(32, 128, 8, 2)},
     ("dq", 2): {32: Blocks(128, 64, 8, 2), 64: Blocks(128, 64, 8, 2), 128: Blocks(128, 64, 8, 2)},
     ("dq", 4): {32: Blocks(128, 64, 8, 2), 64: Blocks(128, 64, 8, 2), 128: Blocks(128, 32, 8, 2)},
+    # one-pass backward (deterministic=False): the dK/dV tiles plus a [BLOCK_M, BLOCK_D] dQ share
+    ("bwd_fused", 2): {32: Blocks(64, 128, 8, 2), 64: Blocks(64, 128, 8, 2), 128: Blocks(32, 128, 8, 2)},
+    # fp32 at BLOCK_D=128 has no entry: every tile tried spills on sm_90 (16-64 x 32-128, 4 or 8
+    # warps, 1-2 stages: 64-2336 bytes), so those take the two-kernel backward (see backward())
+    ("bwd_fused", 4): {32: Blocks(64, 128, 8, 2), 64: Blocks(64, 64, 8, 2)},
+    # the warp-specialized forward: 4 warps per partition (at 8 the loop is not split), 16-bit only
+    # (tf32 dots in a warp-specialized loop fail to compile in Triton 3.6-3.9)
+    ("fwd_tma_ws", 2): {32: Blocks(128, 64, 4, 3, "tma_ws"), 64: Blocks(128, 64, 4, 3, "tma_ws"),
+                        128: Blocks(128, 64, 4, 2, "tma_ws")},
 }
 PRE = Blocks(64, 0, 4, 1)  # rows per program of the δ preprocess
 
@@ -70,8 +110,39 @@ def block_d(head_dim: int) -> int:
     return max(32, triton.next_power_of_2(head_dim))
 
 
-def config(kernel: str, head_dim: int, dtype: torch.dtype) -> Blocks:
-    return CONFIGS[(kernel, 4 if dtype == torch.float32 else 2)][block_d(head_dim)]
+def config(kernel: str, head_dim: int, dtype: torch.dtype, variant: str = "fa2") -> Blocks:
+    """The built-in launch table's configuration (what runs without a tuned entry); for the
+    forward's variants, that variant's own tile ("tma" runs the "fa2" tile)."""
+    if variant == "tma_ws":
+        kernel = "fwd_tma_ws"
+    cfg = CONFIGS[(kernel, 4 if dtype == torch.float32 else 2)][block_d(head_dim)]
+    return Blocks(cfg.m, cfg.n, cfg.warps, cfg.stages, variant)
+
+
+KERNELS = ("fwd", "jvp", "dkdv", "dq", "bwd_fused")
+
+
+def variants(kernel: str, dtype: torch.dtype) -> tuple[str, ...]:
+    if kernel != "fwd":
+        return ("fa2",)
+    return tuple(v for v in FWD_VARIANTS if not (v == "tma_ws" and dtype == torch.float32))
+
+
+def one_pass_backward(head_dim: int, dtype: torch.dtype) -> bool:
+    """Whether deterministic=False runs the one-pass backward here (see CONFIGS["bwd_fused"])."""
+    return block_d(head_dim) in CONFIGS[("bwd_fused", 4 if dtype == torch.float32 else 2)]
+
+
+def loop_length(kernel: str, S_q: int, S_k: int) -> int:
+    """The sequence a kernel's programs loop over: its tuning-cache bucket."""
+    return S_q if kernel in ("dkdv", "bwd_fused") else S_k
+
+
+def choose(kernel: str, head_dim: int, dtype: torch.dtype, S_q: int, S_k: int, device) -> Blocks:
+    """The tuned configuration for this problem (cosmos_kernels.tuning), else the built-in table's."""
+    tuned = tuning.lookup(kernel, dtype, head_dim, loop_length(kernel, S_q, S_k), device,
+                          make=Blocks.checked, variants=variants(kernel, dtype))
+    return tuned or config(kernel, head_dim, dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,6 +246,60 @@ def _attn_fwd(Q, K, V, O, LSE,
     _store_rows(_tile(O + b * sob + h * soh, start_m, rows, sos, offs_d), out.to(O.dtype.element_ty),
                 m_ok, d_ok, EVEN_D)
     tl.store(LSE + bh.to(tl.int64) * S_q + offs_m, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, mask=m_ok)
+
+
+@triton.jit
+def _attn_fwd_tma(Q, K, V, O, LSE,
+                  sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
+                  n_heads, S_q, S_k, qk_scale,
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  WARP_SPECIALIZE: tl.constexpr):
+    """_attn_fwd with TMA descriptor loads/stores (one [S, HEAD_DIM] descriptor per (batch, head);
+    the launcher checks TMA's 16-byte rules). Zero-filled out-of-range key rows are masked to −inf
+    in the scores of the last block only (every block when warp-specialized: one loop body)."""
+    bh = tl.program_id(1)
+    b = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
+    start_m = tl.program_id(0) * BLOCK_M
+    q_desc = tl.make_tensor_descriptor(Q + b * sqb + h * sqh, shape=[S_q, HEAD_DIM], strides=[sqs, 1],
+                                       block_shape=[BLOCK_M, BLOCK_D])
+    k_desc = tl.make_tensor_descriptor(K + b * skb + h * skh, shape=[S_k, HEAD_DIM], strides=[sks, 1],
+                                       block_shape=[BLOCK_N, BLOCK_D])
+    v_desc = tl.make_tensor_descriptor(V + b * svb + h * svh, shape=[S_k, HEAD_DIM], strides=[svs, 1],
+                                       block_shape=[BLOCK_N, BLOCK_D])
+    o_desc = tl.make_tensor_descriptor(O + b * sob + h * soh, shape=[S_q, HEAD_DIM], strides=[sos, 1],
+                                       block_shape=[BLOCK_M, BLOCK_D])
+    q = q_desc.load([start_m, 0])
+    offs_n = tl.arange(0, BLOCK_N)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    n_full = S_k if WARP_SPECIALIZE else (S_k // BLOCK_N) * BLOCK_N
+    for start_n in tl.range(0, n_full, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
+        k = k_desc.load([start_n, 0])
+        v = v_desc.load([start_n, 0])
+        s = _dot(q, tl.trans(k)) * qk_scale  # log2 units
+        if WARP_SPECIALIZE:
+            s = tl.where((start_n + offs_n < S_k)[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v)
+        m_i = m_new
+    if n_full < S_k:  # the ragged tail (not warp-specialized)
+        k = k_desc.load([n_full, 0])
+        v = v_desc.load([n_full, 0])
+        s = tl.where((n_full + offs_n < S_k)[None, :], _dot(q, tl.trans(k)) * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v)
+        m_i = m_new
+    o_desc.store([start_m, 0], (acc / l_i[:, None]).to(O.dtype.element_ty))
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    tl.store(LSE + bh.to(tl.int64) * S_q + offs_m, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, mask=offs_m < S_q)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,6 +532,80 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
                 (dq * scale).to(DQ.dtype.element_ty), m_ok, d_ok, EVEN_D)
 
 
+@triton.jit
+def _bwd_fused_block(dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptrs, delta_ptrs, start_m, offs_m, S_q, offs_d,
+                     qk_scale, scale, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, EVEN_D: tl.constexpr):
+    m_ok = start_m + offs_m < S_q
+    d_ok = offs_d < HEAD_DIM
+    q = _load_rows(q_ptrs, m_ok, d_ok, MASK, EVEN_D)
+    do = _load_rows(do_ptrs, m_ok, d_ok, MASK, EVEN_D)
+    if MASK:
+        lse2 = tl.load(lse_ptrs, mask=m_ok, other=0.0) * 1.4426950408889634
+        delta = tl.load(delta_ptrs, mask=m_ok, other=0.0)
+    else:
+        lse2 = tl.load(lse_ptrs) * 1.4426950408889634
+        delta = tl.load(delta_ptrs)
+    pt = tl.math.exp2(_dot(k, tl.trans(q)) * qk_scale - lse2[None, :])  # Pᵀ: [BLOCK_N, BLOCK_M]
+    if MASK:
+        pt = tl.where(m_ok[None, :], pt, 0.0)
+    dv = _dot(pt.to(do.dtype), do, dv)
+    dst = (pt * (_dot(v, tl.trans(do)) - delta[None, :])).to(q.dtype)  # dSᵀ
+    dk = _dot(dst, q, dk)
+    dq = _dot(tl.trans(dst), k) * scale  # this key block's share of dQ rows start_m...
+    if EVEN_D:
+        tl.atomic_add(dq_ptrs, dq, mask=m_ok[:, None], sem="relaxed")
+    else:
+        tl.atomic_add(dq_ptrs, dq, mask=m_ok[:, None] & d_ok[None, :], sem="relaxed")
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_fused(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
+                    sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sdob, sdos, sdoh,
+                    sdkb, sdks, sdkh, sdvb, sdvs, sdvh, saqb, saqs, saqh,
+                    n_heads, S_q, S_k, qk_scale, scale,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dK, dV of one key block and its dQ shares (fp32 atomics into DQ_ACC, zero-initialized)."""
+    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+    bh = tl.program_id(1)
+    b = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
+    start_n = tl.program_id(0) * BLOCK_N
+    rows = tl.arange(0, BLOCK_N)
+    offs_n = start_n + rows
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    n_ok = offs_n < S_k
+    d_ok = offs_d < HEAD_DIM
+    k = _load_rows(_tile(K + b * skb + h * skh, start_n, rows, sks, offs_d), n_ok, d_ok, True, EVEN_D)
+    v = _load_rows(_tile(V + b * svb + h * svh, start_n, rows, svs, offs_d), n_ok, d_ok, True, EVEN_D)
+    q_ptrs = Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :]
+    do_ptrs = DO + b * sdob + h * sdoh + offs_m[:, None] * sdos + offs_d[None, :]
+    dq_ptrs = DQ_ACC + b * saqb + h * saqh + offs_m[:, None] * saqs + offs_d[None, :]
+    lse_ptrs = LSE + bh.to(tl.int64) * S_q + offs_m
+    delta_ptrs = DELTA + bh.to(tl.int64) * S_q + offs_m
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    m_full = (S_q // BLOCK_M) * BLOCK_M
+    for start_m in range(0, m_full, BLOCK_M):
+        dk, dv = _bwd_fused_block(dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptrs, delta_ptrs, start_m, offs_m,
+                                  S_q, offs_d, qk_scale, scale, HEAD_DIM, False, EVEN_D)
+        q_ptrs += BLOCK_M * sqs
+        do_ptrs += BLOCK_M * sdos
+        dq_ptrs += BLOCK_M * saqs
+        lse_ptrs += BLOCK_M
+        delta_ptrs += BLOCK_M
+    if m_full < S_q:
+        dk, dv = _bwd_fused_block(dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptrs, delta_ptrs, m_full, offs_m,
+                                  S_q, offs_d, qk_scale, scale, HEAD_DIM, True, EVEN_D)
+
+    _store_rows(_tile(DK + b * sdkb + h * sdkh, start_n, rows, sdks, offs_d),
+                (dk * scale).to(DK.dtype.element_ty), n_ok, d_ok, EVEN_D)
+    _store_rows(_tile(DV + b * sdvb + h * sdvh, start_n, rows, sdvs, offs_d),
+                dv.to(DV.dtype.element_ty), n_ok, d_ok, EVEN_D)
+
+
 # ---------------------------------------------------------------------------------------------
 # launchers
 # ---------------------------------------------------------------------------------------------
@@ -419,26 +618,49 @@ def _meta(head_dim: int, cfg: Blocks) -> dict:
                 num_warps=cfg.warps, num_stages=cfg.stages)
 
 
-def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
+def _tma_ready(*tensors: torch.Tensor) -> bool:
+    """TMA's rules for a [S, D] view of each (B, S, H, D) tensor: a 16-byte aligned base (every
+    (batch, head) offset keeps it, D % 16 == 0) and 16-byte multiples as row strides."""
+    for t in tensors:
+        size = t.element_size()
+        if t.data_ptr() % 16 or any((st * size) % 16 for st in t.stride()[:-1]):
+            return False
+    if tensors[0].is_cuda:  # device-side descriptors take a small global scratch per launch
+        from triton.runtime import _allocation
+        if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+            triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+    return True
+
+
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, cfg: Blocks | None = None):
+    """cfg: a launch configuration to use (the tuner, the benchmark's variants); default: choose()."""
     B, S_q, H, D = q.shape
     S_k = k.shape[1]
     out = _alloc.empty_like(q)
     lse = _alloc.empty(B, H, S_q, dtype=torch.float32, device=q.device)
-    cfg = config("fwd", D, q.dtype)
+    cfg = cfg or choose("fwd", D, q.dtype, S_q, S_k, q.device)
     grid = (triton.cdiv(S_q, cfg.m), B * H)
-    _attn_fwd[grid](q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-                    H, S_q, S_k, scale * LOG2E, **_meta(D, cfg))
+    args = (q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out), H, S_q, S_k, scale * LOG2E)
+    if cfg.variant != "fa2":
+        offered = variants("fwd", q.dtype)
+        if cfg.variant not in offered:
+            raise ValueError(f"flash_attention: forward variant {cfg.variant!r} is not offered for {q.dtype} by this "
+                             f"Triton ({triton.__version__}); available: {', '.join(offered)}")
+        if _tma_ready(q, k, v, out):
+            _attn_fwd_tma[grid](*args, WARP_SPECIALIZE=cfg.variant == "tma_ws", **_meta(D, cfg))
+            return out, lse
+    _attn_fwd[grid](*args, **_meta(D, cfg))
     return out, lse
 
 
-def forward_jvp(q, k, v, q_t, k_t, v_t, scale: float):
+def forward_jvp(q, k, v, q_t, k_t, v_t, scale: float, cfg: Blocks | None = None):
     B, S_q, H, D = q.shape
     S_k = k.shape[1]
     out = _alloc.empty_like(q)
     out_t = _alloc.empty_like(q)
     lse = _alloc.empty(B, H, S_q, dtype=torch.float32, device=q.device)
     lse_t = _alloc.empty(B, H, S_q, dtype=torch.float32, device=q.device)
-    cfg = config("jvp", D, q.dtype)
+    cfg = cfg or choose("jvp", D, q.dtype, S_q, S_k, q.device)
     grid = (triton.cdiv(S_q, cfg.m), B * H)
     _attn_jvp[grid](q, k, v, q_t, k_t, v_t, out, out_t, lse, lse_t,
                     *_strides(q), *_strides(k), *_strides(v), *_strides(q_t), *_strides(k_t), *_strides(v_t),
@@ -446,19 +668,34 @@ def forward_jvp(q, k, v, q_t, k_t, v_t, scale: float):
     return out, out_t, lse, lse_t
 
 
-def backward(grad, q, k, v, out, lse, scale: float, grad_lse=None):
+def backward(grad, q, k, v, out, lse, scale: float, grad_lse=None, deterministic: bool = True,
+             cfgs: dict | None = None):
+    """cfgs: launch configurations by kernel name ("dkdv", "dq", "bwd_fused"); default: choose()."""
     B, S_q, H, D = q.shape
     S_k = k.shape[1]
+    cfgs = cfgs or {}
+
+    def pick(kernel):
+        return cfgs.get(kernel) or choose(kernel, D, q.dtype, S_q, S_k, q.device)
+
     delta = _alloc.empty(B, H, S_q, dtype=torch.float32, device=q.device)
     _bwd_preprocess[(triton.cdiv(S_q, PRE.m), B * H)](
         out, grad, grad_lse if grad_lse is not None else delta, delta, *_strides(out), *_strides(grad), H, S_q,
         HAS_DLSE=grad_lse is not None, HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_M=PRE.m, num_warps=PRE.warps)
-    dq, dk, dv = _alloc.empty_like(q), _alloc.empty_like(k), _alloc.empty_like(v)
-    cfg = config("dkdv", D, q.dtype)
+    dk, dv = _alloc.empty_like(k), _alloc.empty_like(v)
+    if not deterministic and one_pass_backward(D, q.dtype):
+        dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)  # the atomics' target
+        cfg = pick("bwd_fused")
+        _attn_bwd_fused[(triton.cdiv(S_k, cfg.n), B * H)](
+            q, k, v, grad, lse, delta, dk, dv, dq_acc, *_strides(q), *_strides(k), *_strides(v), *_strides(grad),
+            *_strides(dk), *_strides(dv), *_strides(dq_acc), H, S_q, S_k, scale * LOG2E, scale, **_meta(D, cfg))
+        return dq_acc.to(q.dtype), dk, dv
+    dq = _alloc.empty_like(q)
+    cfg = pick("dkdv")
     _attn_bwd_dkdv[(triton.cdiv(S_k, cfg.n), B * H)](
         q, k, v, grad, lse, delta, dk, dv, *_strides(q), *_strides(k), *_strides(v), *_strides(grad),
         *_strides(dk), *_strides(dv), H, S_q, S_k, scale * LOG2E, scale, **_meta(D, cfg))
-    cfg = config("dq", D, q.dtype)
+    cfg = pick("dq")
     _attn_bwd_dq[(triton.cdiv(S_q, cfg.m), B * H)](
         q, k, v, grad, lse, delta, dq, *_strides(q), *_strides(k), *_strides(v), *_strides(grad), *_strides(dq),
         H, S_q, S_k, scale * LOG2E, scale, **_meta(D, cfg))
@@ -466,9 +703,76 @@ def backward(grad, q, k, v, out, lse, scale: float, grad_lse=None):
 
 
 # ---------------------------------------------------------------------------------------------
+# tuning (cosmos_kernels.tuning; `cosmos tune`)
+# ---------------------------------------------------------------------------------------------
+TUNE_TILES = dict(m=(64, 128), n=(32, 64, 128), warps=(4, 8), stages=(2, 3))
+REFERENCE_LIMIT = 1 << 24  # score elements up to which a tuning candidate is judged by the reference
+
+
+def candidates(kernel: str, dtype: torch.dtype) -> list[Blocks]:
+    """Every tile of TUNE_TILES for each variant of `kernel` (launch failures, e.g. too much
+    shared memory, are dropped by the tuner)."""
+    return [Blocks(m, n, w, st, var) for var in variants(kernel, dtype) for m in TUNE_TILES["m"]
+            for n in TUNE_TILES["n"] for w in TUNE_TILES["warps"] for st in TUNE_TILES["stages"]]
+
+
+def tune(kernel: str, shape, dtype: torch.dtype, device, *, timer=None, max_candidates: int | None = None,
+         seed: int = 0) -> tuning.Outcome:
+    """Tune one kernel of this family on one problem shape (B, S_q, S_k, H, D): random inputs, each
+    candidate judged against the reference (or, above REFERENCE_LIMIT score elements where that does
+    not fit, against the built-in configuration's outputs, itself tested against the reference)."""
+    from cosmos_kernels.reference import flash_attention as ref
+    from cosmos_kernels.testing import TF32, rel_err, threshold
+
+    if kernel not in KERNELS:
+        raise ValueError(f"flash_attention tuning: kernel {kernel!r} is not one of {', '.join(KERNELS)}")
+    if kernel == "bwd_fused" and not one_pass_backward(shape[-1], dtype):
+        raise ValueError(f"flash_attention tuning: no one-pass backward for {dtype} at D={shape[-1]} (it spills)")
+    B, S_q, S_k, H, D = shape
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    make = lambda s: torch.randn(s, generator=gen).to(device=device, dtype=dtype)  # noqa: E731
+    q, k, v = make((B, S_q, H, D)), make((B, S_k, H, D)), make((B, S_k, H, D))
+    tq, tk, tv, grad = make(q.shape), make(k.shape), make(v.shape), make(q.shape)
+    scale = ref.default_scale(D)
+    out, lse = forward(q, k, v, scale, config("fwd", D, dtype))
+    backward_kernel = {"dkdv": True, "dq": True, "bwd_fused": False}
+
+    def run(cfg):
+        if kernel == "fwd":
+            return forward(q, k, v, scale, cfg)[:1]
+        if kernel == "jvp":
+            return forward_jvp(q, k, v, tq, tk, tv, scale, cfg)[:2]
+        return backward(grad, q, k, v, out, lse, scale, None, backward_kernel[kernel], {kernel: cfg})
+
+    default = config(kernel, D, dtype)
+    if B * H * S_q * S_k <= REFERENCE_LIMIT:
+        wide = [t.double() for t in (q, k, v)]
+        if kernel == "fwd":
+            expect = (ref.attention(*wide, scale),)
+        elif kernel == "jvp":
+            expect = ref.attention_jvp(*wide, *(t.double() for t in (tq, tk, tv)), scale)[:2]
+        else:
+            leaves = [t.requires_grad_() for t in wide]
+            expect = torch.autograd.grad(ref.attention(*leaves, scale), leaves, grad.double())
+    else:
+        expect = tuple(t.double() for t in run(default))
+    def error(outputs):
+        return max(rel_err(o, e) for o, e in zip(outputs, expect))
+
+    cands = candidates(kernel, dtype)
+    if max_candidates is not None:
+        cands = cands[:max_candidates]
+    tol = threshold(dtype, grad=kernel != "fwd")
+    if dtype == torch.float32 and torch.device(device).type == "cuda":
+        tol = TF32 * (1 if kernel == "fwd" else 2)  # fp32 inputs run tf32 dots on the GPU
+    return tuning.tune(kernel, shape, dtype, device, seq_len=loop_length(kernel, S_q, S_k), candidates=cands,
+                       default=default, run=run, error=error, tolerance=tol, timer=timer)
+
+
+# ---------------------------------------------------------------------------------------------
 # H100 launch configurations for the sm_90a compile report
 # ---------------------------------------------------------------------------------------------
-_FP32_POINTERS = {"LSE", "TLSE", "DELTA", "DLSE"}
+_FP32_POINTERS = {"LSE", "TLSE", "DELTA", "DLSE", "DQ_ACC"}
 _FLOAT_SCALARS = {"qk_scale", "scale"}
 AOT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # every BLOCK_D bucket with an unpadded head dim, plus one padded head dim (D=96 in BLOCK_D=128)
@@ -490,7 +794,8 @@ def _signature(fn, dtype: str, constexprs: dict) -> dict:
     return sig
 
 
-def _spec(label: str, fn, dtype: str, head_dim: int, cfg: Blocks, wgmma: bool = True, **extra) -> AotSpec:
+def _spec(label: str, fn, dtype: str, head_dim: int, cfg: Blocks, wgmma: bool = True, expect_tma: bool = False,
+          expect_warp_specialized: bool = False, **extra) -> AotSpec:
     const = {"HEAD_DIM": head_dim, "BLOCK_D": block_d(head_dim), "BLOCK_M": cfg.m} | extra
     if cfg.n:
         const["BLOCK_N"] = cfg.n
@@ -498,7 +803,8 @@ def _spec(label: str, fn, dtype: str, head_dim: int, cfg: Blocks, wgmma: bool = 
     aligned = tuple(a for a in fn.arg_names if a not in const
                     and (a.isupper() or (a.startswith("s") and a not in _FLOAT_SCALARS)))
     return AotSpec(f"flash_attention:{label}[{dtype},D={head_dim}]", fn, _signature(fn, dtype, const), const,
-                   num_warps=cfg.warps, num_stages=cfg.stages, expect_wgmma=wgmma, aligned=aligned)
+                   num_warps=cfg.warps, num_stages=cfg.stages, expect_wgmma=wgmma, aligned=aligned,
+                   expect_tma=expect_tma, expect_warp_specialized=expect_warp_specialized)
 
 
 def _aot_specs() -> list[AotSpec]:
@@ -514,6 +820,12 @@ def _aot_specs() -> list[AotSpec]:
             _spec("bwd_dkdv", _attn_bwd_dkdv, dt, d, config("dkdv", d, torch_dtype)),
             _spec("bwd_dq", _attn_bwd_dq, dt, d, config("dq", d, torch_dtype)),
         ]
+        if one_pass_backward(d, torch_dtype):
+            specs.append(_spec("bwd_fused", _attn_bwd_fused, dt, d, config("bwd_fused", d, torch_dtype)))
+        for variant in variants("fwd", torch_dtype)[1:]:  # the Hopper paths: TMA (and warp specialization)
+            specs.append(_spec(f"fwd_{variant}", _attn_fwd_tma, dt, d, config("fwd", d, torch_dtype, variant),
+                               expect_tma=True, expect_warp_specialized=variant == "tma_ws",
+                               WARP_SPECIALIZE=variant == "tma_ws"))
     return specs
 
 
