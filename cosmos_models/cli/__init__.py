@@ -23,6 +23,7 @@ COMMANDS = {
     "control": ("cosmos_models.cli.control", "Transfer2.5 control videos (edge, blur, depth, seg) from a video"),
     "export": ("cosmos_models.cli.export", "merge a LoRA adapter into a checkpoint (one safetensors file)"),
     "mfu": ("cosmos_models.cli.mfu", "record / check MFU baselines"),
+    "tune": ("cosmos_models.cli.tune", "tune the attention kernels' tiles and variants on this GPU (a cache they read)"),
 }
 
 
