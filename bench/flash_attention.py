@@ -8,6 +8,11 @@ backward 2.5× the forward (five S_q×S_k×D matmuls: QKᵀ recomputed is not co
 Targets on H100: forward ≥ 0.9× the best SDPA backend, backward ≥ 0.8×, forward+JVP ≤ 2× our
 own forward (`x_fwd` column).
 
+Side by side (issue 19): each forward variant of the Triton backend (fa2, the default; tma; tma_ws)
+as `ours:triton:<variant>`, the one-pass backward as `ours:triton:one-pass`, FlexAttention (compiled,
+GPU only) as a peer, and GB/s: the compulsory HBM bytes (q, k, v read and o written once; the
+backward reads q, k, v, o, dO and writes dq, dk, dv) over the time.
+
 References for rel_err: the materializing fp32 reference where the score matrix is small; at the
 paper's shapes (where it does not fit) the best SDPA backend for out/grads, and for the tangent
 a central difference of fp32 SDPA along the tangent direction.
@@ -20,13 +25,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import cosmos_kernels as ck
 from bench.common import backward_only, ours_backends, peak_memory, time_fn
+from cosmos_models.perf.tune import NAMED_SHAPES
 from cosmos_kernels.reference import flash_attention as ref
 from cosmos_kernels.testing import rel_err, threshold
 
 # (B, S_q, S_k, H, D): 480p and 720p self-attention (93 frames), their cross-attention over 512
 # text tokens, and an 8k self-attention where the math-SDPA JVP peer still fits in memory.
-FULL_SHAPES = [(1, 37440, 37440, 16, 128), (1, 84480, 84480, 16, 128),
-               (1, 37440, 512, 16, 128), (1, 84480, 512, 16, 128), (1, 8192, 8192, 16, 128)]
+FULL_SHAPES = [NAMED_SHAPES["2b-480p"], NAMED_SHAPES["2b-720p"], NAMED_SHAPES["2b-480p-cross"],
+               NAMED_SHAPES["2b-720p-cross"], (1, 8192, 8192, 16, 128)]
 QUICK_SHAPES = [(1, 256, 256, 2, 64), (1, 256, 64, 2, 64)]
 SDPA_PEERS = {"sdpa-cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa-flash": SDPBackend.FLASH_ATTENTION,
               "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION}
@@ -57,8 +63,12 @@ def _timed(fn, device, quick, large):
 
 
 def _row(op, shape, dtype, impl, ms, flops, **extra):
+    B, S_q, S_k, H, D = shape
+    tensors = 2 * S_q + 2 * S_k if op.endswith("fwd") else (4 * S_q + 4 * S_k if op.endswith("bwd") else 0)
+    nbytes = B * H * D * tensors * torch.empty((), dtype=dtype).element_size()
     return dict(op=op, shape=str(shape), dtype=str(dtype).replace("torch.", ""), impl=impl, ms=ms,
-                **{"TFLOP/s": flops / (ms * 1e-3) / 1e12 if ms else None}, **extra)
+                **{"TFLOP/s": flops / (ms * 1e-3) / 1e12 if ms else None,
+                   "GB/s": nbytes / (ms * 1e-3) / 1e9 if ms and nbytes else None}, **extra)
 
 
 def _failed(op, shape, dtype, impl, exc):
@@ -143,7 +153,73 @@ def _bench_shape(shape, dtype, device, quick) -> list[dict]:
         rows += _jvp_rows(shape, dtype, device, quick, large, backend, q, k, v, tangents, expect_t, t_ref,
                           fwd_ms, fwd_flops)
 
+    rows += _variant_rows(shape, dtype, device, quick, large, q, k, v, grad, expect_out, expect_grads, ref_name,
+                          peer_ms, fwd_flops)
+    rows += _flex_rows(shape, dtype, device, quick, large, q, k, v, grad, fwd_flops)
     rows += _jvp_peer_rows(shape, dtype, device, quick, large, q, k, v, tangents, fwd_flops)
+    return rows
+
+
+def _variant_rows(shape, dtype, device, quick, large, q, k, v, grad, expect_out, expect_grads, ref_name,
+                  peer_ms, fwd_flops) -> list[dict]:
+    """The Triton backend's other forward variants and its one-pass backward, beside the defaults."""
+    if "triton" not in ours_backends("flash_attention", device):
+        return []
+    import importlib
+    fa = importlib.import_module("cosmos_kernels.triton.flash_attention")
+    D = shape[-1]
+    scale = ref.default_scale(D)
+    best = {kind: min(ms.values()) if ms else None for kind, ms in peer_ms.items()}
+    rows = []
+    for variant in fa.variants("fwd", dtype)[1:]:
+        cfg = fa.config("fwd", D, dtype, variant)
+        fn = lambda cfg=cfg: fa.forward(q, k, v, scale, cfg)  # noqa: E731
+        impl = f"ours:triton:{variant}"
+        try:
+            out, _ = fn()
+            ms = _timed(fn, device, quick, large)
+            err = rel_err(out, expect_out) if expect_out is not None else None
+            rows.append(_row("flash_attention.fwd", shape, dtype, impl, ms, fwd_flops, rel_err=err,
+                             ok=None if err is None else err <= threshold(dtype),
+                             vs_peer=best["fwd"] / ms if best["fwd"] else None, ref=ref_name))
+        except Exception as exc:  # noqa: BLE001
+            rows.append(_failed("flash_attention.fwd", shape, dtype, impl, exc))
+    if fa.one_pass_backward(D, dtype):
+        attend = lambda a, b, c: ck.flash_attention(a, b, c, backend="triton", deterministic=False)  # noqa: E731
+        impl = "ours:triton:one-pass"
+        try:
+            args = [t.detach().requires_grad_() for t in (q, k, v)]
+            got = torch.autograd.grad(attend(*args), args, grad)
+            err = max(rel_err(g, e) for g, e in zip(got, expect_grads)) if expect_grads is not None else None
+            ms = _timed(backward_only(attend, (q, k, v), grad), device, quick, large)
+            rows.append(_row("flash_attention.bwd", shape, dtype, impl, ms, 2.5 * fwd_flops, rel_err=err,
+                             ok=None if err is None else err <= threshold(dtype, grad=True),
+                             vs_peer=best["bwd"] / ms if best["bwd"] else None, ref=ref_name))
+        except Exception as exc:  # noqa: BLE001
+            rows.append(_failed("flash_attention.bwd", shape, dtype, impl, exc))
+    return rows
+
+
+def _flex_rows(shape, dtype, device, quick, large, q, k, v, grad, fwd_flops) -> list[dict]:
+    """FlexAttention (no mask), compiled as its docs require for speed: a GPU peer only (its CPU
+    path compiles C++ per shape and says nothing about the GPU)."""
+    if device.type != "cuda":
+        return []
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+    except ImportError:
+        return []
+    flex = torch.compile(flex_attention, dynamic=False)
+    fn = lambda a, b, c: flex(a.transpose(1, 2), b.transpose(1, 2), c.transpose(1, 2)).transpose(1, 2)  # noqa: E731
+    rows = []
+    try:
+        fn(q, k, v)
+        rows.append(_row("flash_attention.fwd", shape, dtype, "flex_attention", _timed(lambda: fn(q, k, v), device,
+                                                                                     quick, large), fwd_flops))
+        rows.append(_row("flash_attention.bwd", shape, dtype, "flex_attention",
+                         _timed(backward_only(fn, (q, k, v), grad), device, quick, large), 2.5 * fwd_flops))
+    except Exception as exc:  # noqa: BLE001
+        rows.append(_failed("flash_attention", shape, dtype, "flex_attention", exc))
     return rows
 
 
@@ -154,7 +230,7 @@ def _jvp_rows(shape, dtype, device, quick, large, backend, q, k, v, tangents, ex
     if ref_name and ref_name.startswith("central"):
         tol = max(tol, FD_TOLERANCE)
     fused = lambda: ck.flash_attention_jvp(q, k, v, *tangents, backend=backend)  # noqa: E731
-    # the forward-AD rule: torch.func.jvp runs our forward, then the fused pass for the tangent
+    # torch.func.jvp of flash_attention: the same one fused pass (the op reads the tangents)
     func_jvp = lambda: torch.func.jvp(  # noqa: E731
         lambda a, b, c: ck.flash_attention(a, b, c, backend=backend), (q, k, v), tuple(tangents))
     rows = []
