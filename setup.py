@@ -113,7 +113,7 @@ setup(
         "bench": BENCH,
         # the full pipeline on the CPU: the README's main command
         "all": ALL,
-        "test": ALL + ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "hypothesis>=6.100,<7"],
+        "test": ALL + ["pytest>=8,<10", "pytest-timeout>=2.3,<3", "pytest-xdist>=3.5,<4", "hypothesis>=6.100,<7"],
     },
     ext_modules=[CMakeExtension("cosmos_kernels._C")],
     cmdclass={"build_ext": CMakeBuild},

@@ -14,7 +14,7 @@ rm -rf "$VENV"
 python -m venv "$VENV"
 PY="$VENV/bin/python"
 "$PY" -m pip install -q -c .ci/oldest.txt torch triton numpy pybind11 ninja safetensors "setuptools>=70,<82" wheel \
-    pytest pytest-timeout
+    pytest pytest-timeout pytest-xdist
 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
 "$PY" -c "import torch, triton, numpy; print('oldest leg: torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__)"
 (cd /tmp && "$PY" -c "import cosmos_kernels, cosmos_kernels._C; print('cosmos_kernels imports, _C built')")
@@ -22,7 +22,7 @@ PY="$VENV/bin/python"
 echo "oldest leg: cosmos selfcheck passed"
 OUT="$(mktemp -d)" PYTHON="$PY" bench/device_run.sh --dry-run
 "$PY" -m pip install -q -c .ci/oldest.txt --no-build-isolation -e ".[test]"
-"$PY" -m pytest -q -rs -p no:cacheprovider -W ignore::DeprecationWarning \
+"$PY" -m pytest -q -rs -n 2 --dist loadfile -p no:cacheprovider -W ignore::DeprecationWarning \
     tests/test_dispatch.py tests/test_adaln.py tests/test_rope.py tests/test_flash_attention.py \
     tests/test_neighborhood_attention.py tests/test_ulysses.py tests/test_dit.py tests/test_trainer.py \
     tests/test_distill.py tests/test_deps.py \
