@@ -72,7 +72,7 @@ from cosmos_kernels import ulysses
 from cosmos_models.data import prepare
 from cosmos_models.nets import flops
 from cosmos_models.training import lora, objective as flow
-from cosmos_models.training import optim, parallel, sac
+from cosmos_models.training import optim, parallel, sac, sharded_init
 from cosmos_models.training.ema import EMA
 from cosmos_models.training.runner import PRECISIONS, Run, RunConfig, RunShape, positive_int, rows_of
 
@@ -256,7 +256,12 @@ class Trainer(Run):
     def setup(self) -> None:
         cfg, lay, r = self.cfg, self.layout, self.r
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        self.model = cm.build(self.model_cfg, device=lay.device, dtype=torch.float32, cp_group=lay.cp_group)
+        # from scratch, the model is built on the meta device, sharded there and initialized module by
+        # module (training/sharded_init.py): no rank holds the full fp32 weights (56 GB for 14B). With
+        # --init or --lora the full model is built first (loading and adapters work on whole tensors).
+        streamed = cfg.init is None and cfg.lora is None
+        self.model = cm.build(self.model_cfg, device="meta" if streamed else lay.device, dtype=torch.float32,
+                              cp_group=lay.cp_group)
         if cfg.init is not None:
             cm.load_checkpoint(self.model, cfg.init)
         self.lora = None
@@ -268,6 +273,11 @@ class Trainer(Run):
             self.lora = {"rank": rank, "alpha": alpha, "targets": list(targets)}
         self.checkpointed_blocks = sac.apply(self.model, r.sac)
         parallel.shard_model(self.model, lay, self.compute_dtype)
+        if streamed:
+            self.model.to_empty(device=lay.device)
+            torch.manual_seed(cfg.seed)  # the stream cm.build would have drawn: the same weights
+            sharded_init.initialize(self.model, cm.build(self.model_cfg, device="meta", dtype=torch.float32),
+                                    lay.device)
         self.optimizer = optim.adamw(self.model, r.lr, r.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, r.warmup, cfg.steps, cfg.final_lr_ratio))
