@@ -37,6 +37,30 @@ def test_safetensors_round_trip(tmp_path, name):
         assert f.metadata()["config"] == name
 
 
+def test_streamed_writer_matches_save_checkpoint_and_keeps_no_partial_file(tmp_path):
+    """write_weights_streamed (the EMA export: one gathered tensor at a time, in any order) writes
+    the file save_checkpoint writes, readable by safetensors; a missing or misshapen tensor is an
+    error that leaves neither the target nor a temporary file."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    model = cm.build("tiny", "cpu", torch.float32)
+    items = list(model.state_dict().items())
+    C.write_weights_streamed(model.config, iter(items[::-1]), tmp_path / "streamed.safetensors")
+    C.save_checkpoint(model, tmp_path / "whole.safetensors")
+    got, want = load_file(tmp_path / "streamed.safetensors"), load_file(tmp_path / "whole.safetensors")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    with safe_open(tmp_path / "streamed.safetensors", "pt") as f:
+        assert f.metadata() == {"format": "cosmos_models", "config": "tiny"}
+    cm.load_checkpoint(cm.build("tiny", "meta"), str(tmp_path / "streamed.safetensors"))
+    with pytest.raises(ValueError, match="no tensor for"):
+        C.write_weights_streamed(model.config, iter(items[1:]), tmp_path / "short.safetensors")
+    name, t = items[0]
+    with pytest.raises(ValueError, match=f"{name} has shape"):
+        C.write_weights_streamed(model.config, iter([(name, t[:1])] + items[1:]), tmp_path / "bad.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed.safetensors", "whole.safetensors"]
+
+
 def test_official_names_with_prefix_and_extra_entries(tmp_path):
     model = _random_model()
     official = C.to_official(model.state_dict())

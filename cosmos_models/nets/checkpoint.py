@@ -232,6 +232,70 @@ def write_weights(config, weights: Mapping[str, Tensor] | None, path: str | os.P
     os.replace(tmp, path)
 
 
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+
+
+def write_weights_streamed(config, tensors, path: str | os.PathLike, *, write: bool = True) -> None:
+    """`write_weights` one tensor at a time: `tensors` yields (name, tensor) in any order, each
+    gathered when asked for (e.g. a sharded EMA's full_tensor(), a collective every rank runs), and
+    each is written and dropped before the next, so no process ever holds the whole model. The
+    header comes first from the network's own parameter shapes (a meta build of `config`); `write`
+    False (ranks other than 0) only runs the iteration. Safetensors' own writer needs every tensor
+    at once, hence this writer of its format: an 8-byte little-endian header length, the JSON
+    header padded to 8 bytes, then the raw little-endian data at the header's offsets."""
+    import json
+    import struct
+
+    from cosmos_models.nets.registry import model_class
+
+    with torch.device("meta"):
+        holder = model_class(config)(config)
+    expected = {k: v for k, v in holder.state_dict().items()}
+    header, offset, order = {}, 0, []
+    for name, v in expected.items():
+        nbytes = v.numel() * v.element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[v.dtype], "shape": list(v.shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        order.append(name)
+        offset += nbytes
+    header["__metadata__"] = {"format": "cosmos_models", "config": config.name}
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    tmp = f"{os.fspath(path)}.tmp.{os.getpid()}"
+    f = open(tmp, "wb") if write else None
+    try:
+        if f is not None:
+            f.write(struct.pack("<Q", len(blob)) + blob)
+        seen = set()
+        for name, tensor in tensors:
+            if name not in expected:
+                raise ValueError(f"write_weights_streamed: {name!r} is not a parameter of {config.name}")
+            want = expected[name]
+            if tuple(tensor.shape) != tuple(want.shape):
+                raise ValueError(f"write_weights_streamed: {name} has shape {tuple(tensor.shape)}, "
+                                 f"{config.name} expects {tuple(want.shape)}")
+            if f is not None:
+                start = header[name]["data_offsets"][0]
+                f.seek(8 + len(blob) + start)
+                data = tensor.detach().to("cpu", want.dtype).contiguous()
+                f.write(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+            seen.add(name)
+        missing = sorted(set(order) - seen)
+        if missing:
+            raise ValueError(f"write_weights_streamed: no tensor for {missing[:5]}")
+        if f is not None:
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            f = None
+            os.replace(tmp, path)
+    finally:
+        if f is not None:
+            f.close()
+        if write and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def detect_config(state_dict: Mapping[str, Tensor]) -> str | None:
     """The registered config whose parameter names and shapes `state_dict` (any supported naming)
     has exactly, or None. Each candidate is built on the meta device (no memory)."""

@@ -96,6 +96,12 @@ class EMA:
             del full
         return out if keep else None
 
+    def iter_full(self):
+        """(name, the whole averaged tensor) one parameter at a time (each a collective gather on a
+        sharded model: every rank iterates; each tensor is dropped when the next is asked for)."""
+        for name, value in self.shadow.items():
+            yield name, value.full_tensor() if hasattr(value, "full_tensor") else value
+
     def describe(self) -> str:
         if self.exponent is not None:
             return f"power EMA sigma_rel={self.sigma_rel} (gamma={self.exponent:.3f})"

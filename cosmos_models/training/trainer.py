@@ -516,10 +516,18 @@ class Trainer(Run):
         self.export_ema(os.path.join(self.cfg.out, "ema.safetensors"))
 
     def export_ema(self, path: str) -> None:
-        """The EMA weights as a safetensors file with our (official) names (rank 0 writes; all gather).
-        A LoRA run writes its EMA adapters to <out>/lora.safetensors and the base with them merged here."""
-        from cosmos_models.nets.checkpoint import write_weights
+        """The EMA weights as a safetensors file with our (official) names (rank 0 writes; all gather),
+        streamed a tensor at a time (no rank holds the whole model: 56 GB of host memory for 14B).
+        A LoRA run writes its EMA adapters to <out>/lora.safetensors and the base with them merged here
+        (the merge needs whole tensors)."""
+        import torch.distributed as dist
 
+        from cosmos_models.nets.checkpoint import write_weights, write_weights_streamed
+
+        if self.lora is None:
+            rank0 = not dist.is_initialized() or dist.get_rank() == 0
+            write_weights_streamed(self.model_cfg, self.ema.iter_full(), path, write=rank0)
+            return
         write_weights(self.model_cfg, self.ema_weights(save_adapter=True), path)
 
     def ema_weights(self, *, save_adapter: bool = False) -> dict[str, Tensor] | None:
