@@ -318,13 +318,17 @@ def test_compile_fullgraph():
 def test_launch_configs_are_in_the_compile_report():
     """Every tile configuration the launchers pick is compiled by the sm_90a report."""
     reported = {(s.fn, tuple(sorted(s.constexprs.items())), s.num_warps, s.num_stages) for s in fa_triton.AOT_SPECS}
-    kernels = {"fwd": fa_triton._attn_fwd, "jvp": fa_triton._attn_jvp, "dkdv": fa_triton._attn_bwd_dkdv,
-               "dq": fa_triton._attn_bwd_dq}
+    kernels = {"fwd": (fa_triton._attn_fwd, {}), "jvp": (fa_triton._attn_jvp, {}),
+               "dkdv": (fa_triton._attn_bwd_dkdv, {"ONE_PASS": False}), "dq": (fa_triton._attn_bwd_dq, {}),
+               "bwd_fused": (fa_triton._attn_bwd_dkdv, {"ONE_PASS": True})}
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         for d in (32, 64, 128):
-            for kind, fn in kernels.items():
-                cfg = fa_triton.config(kind, d, dtype)
-                const = dict(HEAD_DIM=d, BLOCK_D=fa_triton.block_d(d), BLOCK_M=cfg.m, BLOCK_N=cfg.n)
+            cases = [(kind, fn, extra, fa_triton.config(kind, d, dtype)) for kind, (fn, extra) in kernels.items()
+                     if kind != "bwd_fused" or fa_triton.one_pass_backward(d, dtype)]
+            cases += [(f"fwd_{v}", fa_triton._attn_fwd_tma, {"WARP_SPECIALIZE": v == "tma_ws"},
+                       fa_triton.config("fwd", d, dtype, v)) for v in fa_triton.variants("fwd", dtype)[1:]]
+            for kind, fn, extra, cfg in cases:
+                const = dict(HEAD_DIM=d, BLOCK_D=fa_triton.block_d(d), BLOCK_M=cfg.m, BLOCK_N=cfg.n, **extra)
                 assert (fn, tuple(sorted(const.items())), cfg.warps, cfg.stages) in reported, (kind, dtype, d)
 
 

@@ -192,6 +192,17 @@ def _store_rows(ptrs, val, rows_ok, d_ok, EVEN_D: tl.constexpr):
 # forward
 # ---------------------------------------------------------------------------------------------
 @triton.jit
+def _online_softmax(acc, l_i, m_i, s, v):
+    """One key block of the online softmax (FA2): scores s in log2 units, rescale, accumulate P·V."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v)
+    return acc, l_i, m_new
+
+
+@triton.jit
 def _fwd_block(acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, offs_n, S_k, offs_d, qk_scale,
                HEAD_DIM: tl.constexpr, MASK: tl.constexpr, EVEN_D: tl.constexpr):
     n_ok = start_n + offs_n < S_k
@@ -201,12 +212,7 @@ def _fwd_block(acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, offs_n, S_k, offs_d, q
     s = _dot(q, tl.trans(k)) * qk_scale  # log2 units
     if MASK:
         s = tl.where(n_ok[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v)
-    return acc, l_i, m_new
+    return _online_softmax(acc, l_i, m_i, s, v)
 
 
 @triton.jit
@@ -249,6 +255,17 @@ def _attn_fwd(Q, K, V, O, LSE,
 
 
 @triton.jit
+def _fwd_tma_block(acc, l_i, m_i, q, k_desc, v_desc, start_n, offs_n, S_k, qk_scale, MASK: tl.constexpr):
+    """_fwd_block with descriptor loads: out-of-range key rows arrive as zeros, masked when MASK."""
+    k = k_desc.load([start_n, 0])
+    v = v_desc.load([start_n, 0])
+    s = _dot(q, tl.trans(k)) * qk_scale  # log2 units
+    if MASK:
+        s = tl.where((start_n + offs_n < S_k)[None, :], s, float("-inf"))
+    return _online_softmax(acc, l_i, m_i, s, v)
+
+
+@triton.jit
 def _attn_fwd_tma(Q, K, V, O, LSE,
                   sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
                   n_heads, S_q, S_k, qk_scale,
@@ -276,27 +293,10 @@ def _attn_fwd_tma(Q, K, V, O, LSE,
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     n_full = S_k if WARP_SPECIALIZE else (S_k // BLOCK_N) * BLOCK_N
     for start_n in tl.range(0, n_full, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
-        k = k_desc.load([start_n, 0])
-        v = v_desc.load([start_n, 0])
-        s = _dot(q, tl.trans(k)) * qk_scale  # log2 units
-        if WARP_SPECIALIZE:
-            s = tl.where((start_n + offs_n < S_k)[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v)
-        m_i = m_new
+        acc, l_i, m_i = _fwd_tma_block(acc, l_i, m_i, q, k_desc, v_desc, start_n, offs_n, S_k, qk_scale,
+                                       WARP_SPECIALIZE)
     if n_full < S_k:  # the ragged tail (not warp-specialized)
-        k = k_desc.load([n_full, 0])
-        v = v_desc.load([n_full, 0])
-        s = tl.where((n_full + offs_n < S_k)[None, :], _dot(q, tl.trans(k)) * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v)
-        m_i = m_new
+        acc, l_i, m_i = _fwd_tma_block(acc, l_i, m_i, q, k_desc, v_desc, n_full, offs_n, S_k, qk_scale, True)
     o_desc.store([start_m, 0], (acc / l_i[:, None]).to(O.dtype.element_ty))
     offs_m = start_m + tl.arange(0, BLOCK_M)
     tl.store(LSE + bh.to(tl.int64) * S_q + offs_m, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, mask=offs_m < S_q)
@@ -413,8 +413,9 @@ def _bwd_preprocess(O, DO, DLSE, DELTA, sob, sos, soh, sdob, sdos, sdoh, n_heads
 
 
 @triton.jit
-def _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, start_m, offs_m, S_q, offs_d, qk_scale,
-                HEAD_DIM: tl.constexpr, MASK: tl.constexpr, EVEN_D: tl.constexpr):
+def _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptrs, delta_ptrs, start_m, offs_m, S_q, offs_d,
+                qk_scale, scale, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, EVEN_D: tl.constexpr,
+                ONE_PASS: tl.constexpr):
     m_ok = start_m + offs_m < S_q
     d_ok = offs_d < HEAD_DIM
     q = _load_rows(q_ptrs, m_ok, d_ok, MASK, EVEN_D)
@@ -429,18 +430,26 @@ def _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, start_m, of
     if MASK:
         pt = tl.where(m_ok[None, :], pt, 0.0)
     dv = _dot(pt.to(do.dtype), do, dv)
-    dpt = _dot(v, tl.trans(do))
-    dst = pt * (dpt - delta[None, :])
-    dk = _dot(dst.to(q.dtype), q, dk)
+    dst = (pt * (_dot(v, tl.trans(do)) - delta[None, :])).to(q.dtype)  # dSᵀ
+    dk = _dot(dst, q, dk)
+    if ONE_PASS:  # this key block's share of the dQ rows start_m...
+        dq = _dot(tl.trans(dst), k) * scale
+        if EVEN_D:
+            tl.atomic_add(dq_ptrs, dq, mask=m_ok[:, None], sem="relaxed")
+        else:
+            tl.atomic_add(dq_ptrs, dq, mask=m_ok[:, None] & d_ok[None, :], sem="relaxed")
     return dk, dv
 
 
 @triton.jit
-def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
-                   sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sdob, sdos, sdoh,
-                   sdkb, sdks, sdkh, sdvb, sdvs, sdvh,
-                   n_heads, S_q, S_k, qk_scale, scale,
-                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
+                    sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sdob, sdos, sdoh,
+                    sdkb, sdks, sdkh, sdvb, sdvs, sdvh, saqb, saqs, saqh,
+                    n_heads, S_q, S_k, qk_scale, scale,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   ONE_PASS: tl.constexpr):
+    """dK, dV of one key block; with ONE_PASS also its dQ shares (fp32 atomics into DQ_ACC,
+    zero-initialized; otherwise DQ_ACC is unused and the dQ kernel runs after)."""
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
     bh = tl.program_id(1)
     b = (bh // n_heads).to(tl.int64)
@@ -456,6 +465,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
     v = _load_rows(_tile(V + b * svb + h * svh, start_n, rows, svs, offs_d), n_ok, d_ok, True, EVEN_D)
     q_ptrs = Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :]
     do_ptrs = DO + b * sdob + h * sdoh + offs_m[:, None] * sdos + offs_d[None, :]
+    dq_ptrs = DQ_ACC + b * saqb + h * saqh + offs_m[:, None] * saqs + offs_d[None, :]
     lse_ptrs = LSE + bh.to(tl.int64) * S_q + offs_m
     delta_ptrs = DELTA + bh.to(tl.int64) * S_q + offs_m
 
@@ -463,15 +473,16 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     m_full = (S_q // BLOCK_M) * BLOCK_M
     for start_m in range(0, m_full, BLOCK_M):
-        dk, dv = _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, start_m, offs_m, S_q, offs_d,
-                             qk_scale, HEAD_DIM, False, EVEN_D)
+        dk, dv = _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptrs, delta_ptrs, start_m, offs_m,
+                             S_q, offs_d, qk_scale, scale, HEAD_DIM, False, EVEN_D, ONE_PASS)
         q_ptrs += BLOCK_M * sqs
         do_ptrs += BLOCK_M * sdos
+        dq_ptrs += BLOCK_M * saqs
         lse_ptrs += BLOCK_M
         delta_ptrs += BLOCK_M
     if m_full < S_q:
-        dk, dv = _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, m_full, offs_m, S_q, offs_d,
-                             qk_scale, HEAD_DIM, True, EVEN_D)
+        dk, dv = _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptrs, delta_ptrs, m_full, offs_m,
+                             S_q, offs_d, qk_scale, scale, HEAD_DIM, True, EVEN_D, ONE_PASS)
 
     _store_rows(_tile(DK + b * sdkb + h * sdkh, start_n, rows, sdks, offs_d),
                 (dk * scale).to(DK.dtype.element_ty), n_ok, d_ok, EVEN_D)
@@ -530,80 +541,6 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
                        HEAD_DIM, True, EVEN_D)
     _store_rows(_tile(DQ + b * sdqb + h * sdqh, start_m, rows, sdqs, offs_d),
                 (dq * scale).to(DQ.dtype.element_ty), m_ok, d_ok, EVEN_D)
-
-
-@triton.jit
-def _bwd_fused_block(dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptrs, delta_ptrs, start_m, offs_m, S_q, offs_d,
-                     qk_scale, scale, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, EVEN_D: tl.constexpr):
-    m_ok = start_m + offs_m < S_q
-    d_ok = offs_d < HEAD_DIM
-    q = _load_rows(q_ptrs, m_ok, d_ok, MASK, EVEN_D)
-    do = _load_rows(do_ptrs, m_ok, d_ok, MASK, EVEN_D)
-    if MASK:
-        lse2 = tl.load(lse_ptrs, mask=m_ok, other=0.0) * 1.4426950408889634
-        delta = tl.load(delta_ptrs, mask=m_ok, other=0.0)
-    else:
-        lse2 = tl.load(lse_ptrs) * 1.4426950408889634
-        delta = tl.load(delta_ptrs)
-    pt = tl.math.exp2(_dot(k, tl.trans(q)) * qk_scale - lse2[None, :])  # Pᵀ: [BLOCK_N, BLOCK_M]
-    if MASK:
-        pt = tl.where(m_ok[None, :], pt, 0.0)
-    dv = _dot(pt.to(do.dtype), do, dv)
-    dst = (pt * (_dot(v, tl.trans(do)) - delta[None, :])).to(q.dtype)  # dSᵀ
-    dk = _dot(dst, q, dk)
-    dq = _dot(tl.trans(dst), k) * scale  # this key block's share of dQ rows start_m...
-    if EVEN_D:
-        tl.atomic_add(dq_ptrs, dq, mask=m_ok[:, None], sem="relaxed")
-    else:
-        tl.atomic_add(dq_ptrs, dq, mask=m_ok[:, None] & d_ok[None, :], sem="relaxed")
-    return dk, dv
-
-
-@triton.jit
-def _attn_bwd_fused(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
-                    sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sdob, sdos, sdoh,
-                    sdkb, sdks, sdkh, sdvb, sdvs, sdvh, saqb, saqs, saqh,
-                    n_heads, S_q, S_k, qk_scale, scale,
-                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dK, dV of one key block and its dQ shares (fp32 atomics into DQ_ACC, zero-initialized)."""
-    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
-    bh = tl.program_id(1)
-    b = (bh // n_heads).to(tl.int64)
-    h = (bh % n_heads).to(tl.int64)
-    start_n = tl.program_id(0) * BLOCK_N
-    rows = tl.arange(0, BLOCK_N)
-    offs_n = start_n + rows
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    n_ok = offs_n < S_k
-    d_ok = offs_d < HEAD_DIM
-    k = _load_rows(_tile(K + b * skb + h * skh, start_n, rows, sks, offs_d), n_ok, d_ok, True, EVEN_D)
-    v = _load_rows(_tile(V + b * svb + h * svh, start_n, rows, svs, offs_d), n_ok, d_ok, True, EVEN_D)
-    q_ptrs = Q + b * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :]
-    do_ptrs = DO + b * sdob + h * sdoh + offs_m[:, None] * sdos + offs_d[None, :]
-    dq_ptrs = DQ_ACC + b * saqb + h * saqh + offs_m[:, None] * saqs + offs_d[None, :]
-    lse_ptrs = LSE + bh.to(tl.int64) * S_q + offs_m
-    delta_ptrs = DELTA + bh.to(tl.int64) * S_q + offs_m
-
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    m_full = (S_q // BLOCK_M) * BLOCK_M
-    for start_m in range(0, m_full, BLOCK_M):
-        dk, dv = _bwd_fused_block(dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptrs, delta_ptrs, start_m, offs_m,
-                                  S_q, offs_d, qk_scale, scale, HEAD_DIM, False, EVEN_D)
-        q_ptrs += BLOCK_M * sqs
-        do_ptrs += BLOCK_M * sdos
-        dq_ptrs += BLOCK_M * saqs
-        lse_ptrs += BLOCK_M
-        delta_ptrs += BLOCK_M
-    if m_full < S_q:
-        dk, dv = _bwd_fused_block(dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptrs, delta_ptrs, m_full, offs_m,
-                                  S_q, offs_d, qk_scale, scale, HEAD_DIM, True, EVEN_D)
-
-    _store_rows(_tile(DK + b * sdkb + h * sdkh, start_n, rows, sdks, offs_d),
-                (dk * scale).to(DK.dtype.element_ty), n_ok, d_ok, EVEN_D)
-    _store_rows(_tile(DV + b * sdvb + h * sdvh, start_n, rows, sdvs, offs_d),
-                dv.to(DV.dtype.element_ty), n_ok, d_ok, EVEN_D)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -686,15 +623,17 @@ def backward(grad, q, k, v, out, lse, scale: float, grad_lse=None, deterministic
     if not deterministic and one_pass_backward(D, q.dtype):
         dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)  # the atomics' target
         cfg = pick("bwd_fused")
-        _attn_bwd_fused[(triton.cdiv(S_k, cfg.n), B * H)](
+        _attn_bwd_dkdv[(triton.cdiv(S_k, cfg.n), B * H)](
             q, k, v, grad, lse, delta, dk, dv, dq_acc, *_strides(q), *_strides(k), *_strides(v), *_strides(grad),
-            *_strides(dk), *_strides(dv), *_strides(dq_acc), H, S_q, S_k, scale * LOG2E, scale, **_meta(D, cfg))
+            *_strides(dk), *_strides(dv), *_strides(dq_acc), H, S_q, S_k, scale * LOG2E, scale, ONE_PASS=True,
+            **_meta(D, cfg))
         return dq_acc.to(q.dtype), dk, dv
     dq = _alloc.empty_like(q)
     cfg = pick("dkdv")
-    _attn_bwd_dkdv[(triton.cdiv(S_k, cfg.n), B * H)](
-        q, k, v, grad, lse, delta, dk, dv, *_strides(q), *_strides(k), *_strides(v), *_strides(grad),
-        *_strides(dk), *_strides(dv), H, S_q, S_k, scale * LOG2E, scale, **_meta(D, cfg))
+    _attn_bwd_dkdv[(triton.cdiv(S_k, cfg.n), B * H)](  # DQ_ACC unused (ONE_PASS=False): dk in its place
+        q, k, v, grad, lse, delta, dk, dv, dk, *_strides(q), *_strides(k), *_strides(v), *_strides(grad),
+        *_strides(dk), *_strides(dv), 0, 0, 0, H, S_q, S_k, scale * LOG2E, scale, ONE_PASS=False,
+        **_meta(D, cfg))
     cfg = pick("dq")
     _attn_bwd_dq[(triton.cdiv(S_q, cfg.m), B * H)](
         q, k, v, grad, lse, delta, dq, *_strides(q), *_strides(k), *_strides(v), *_strides(grad), *_strides(dq),
@@ -817,11 +756,11 @@ def _aot_specs() -> list[AotSpec]:
             _spec("jvp", _attn_jvp, dt, d, config("jvp", d, torch_dtype)),
             _spec("bwd_pre", _bwd_preprocess, dt, d, PRE, wgmma=False, HAS_DLSE=False),
             _spec("bwd_pre_dlse", _bwd_preprocess, dt, d, PRE, wgmma=False, HAS_DLSE=True),
-            _spec("bwd_dkdv", _attn_bwd_dkdv, dt, d, config("dkdv", d, torch_dtype)),
+            _spec("bwd_dkdv", _attn_bwd_dkdv, dt, d, config("dkdv", d, torch_dtype), ONE_PASS=False),
             _spec("bwd_dq", _attn_bwd_dq, dt, d, config("dq", d, torch_dtype)),
         ]
         if one_pass_backward(d, torch_dtype):
-            specs.append(_spec("bwd_fused", _attn_bwd_fused, dt, d, config("bwd_fused", d, torch_dtype)))
+            specs.append(_spec("bwd_fused", _attn_bwd_dkdv, dt, d, config("bwd_fused", d, torch_dtype), ONE_PASS=True))
         for variant in variants("fwd", torch_dtype)[1:]:  # the Hopper paths: TMA (and warp specialization)
             specs.append(_spec(f"fwd_{variant}", _attn_fwd_tma, dt, d, config("fwd", d, torch_dtype, variant),
                                expect_tma=True, expect_warp_specialized=variant == "tma_ws",
