@@ -131,8 +131,11 @@ def lookup(kernel: str, dtype: torch.dtype, head_dim: int, seq_len: int, device,
     """The tuned launch configuration for this problem as `make(**blocks)`, or None (use the
     built-in table). An entry naming a variant not in `variants` (this Triton lacks it) or with
     fields `make` rejects is skipped with a warning."""
+    sources = _all_entries()
+    if not any(entries for _, entries in sources):
+        return None  # no cache (the usual case): nothing to format or look up on this launch
     k = key(kernel, dtype, head_dim, seq_len, device_name(device))
-    for path, entries in _all_entries():
+    for path, entries in sources:
         entry = entries.get(k)
         if entry is None:
             continue

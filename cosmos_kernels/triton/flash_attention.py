@@ -17,7 +17,7 @@ rows of one (batch, head). Every kernel keeps O(S) memory: scores live only as o
   softmax once: the dK/dV kernel also adds each query block's dQ share dS·K into an fp32 buffer
   with atomics (run-to-run bits depend on the order of the adds), saving the dQ kernel's recompute.
 
-Forward variants (`Choice.variant`, picked by cosmos_kernels.tuning; "fa2" is the default until a
+Forward variants (`Blocks.variant`, picked by cosmos_kernels.tuning; "fa2" is the default until a
 GPU measurement says otherwise): "fa2", pointer loads as above; "tma", the same online softmax
 with Q/K/V/O moved by TMA tensor descriptors (tl.make_tensor_descriptor: the copy engine does the
 address math, out-of-range rows and padded head-dim columns come back as zeros, stores are
@@ -443,9 +443,9 @@ def _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptrs, delta_ptrs, st
 
 @triton.jit
 def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
-                    sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sdob, sdos, sdoh,
-                    sdkb, sdks, sdkh, sdvb, sdvs, sdvh, saqb, saqs, saqh,
-                    n_heads, S_q, S_k, qk_scale, scale,
+                   sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sdob, sdos, sdoh,
+                   sdkb, sdks, sdkh, sdvb, sdvs, sdvh, saqb, saqs, saqh,
+                   n_heads, S_q, S_k, qk_scale, scale,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    ONE_PASS: tl.constexpr):
     """dK, dV of one key block; with ONE_PASS also its dQ shares (fp32 atomics into DQ_ACC,
@@ -620,20 +620,17 @@ def backward(grad, q, k, v, out, lse, scale: float, grad_lse=None, deterministic
         out, grad, grad_lse if grad_lse is not None else delta, delta, *_strides(out), *_strides(grad), H, S_q,
         HAS_DLSE=grad_lse is not None, HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_M=PRE.m, num_warps=PRE.warps)
     dk, dv = _alloc.empty_like(k), _alloc.empty_like(v)
-    if not deterministic and one_pass_backward(D, q.dtype):
-        dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)  # the atomics' target
-        cfg = pick("bwd_fused")
-        _attn_bwd_dkdv[(triton.cdiv(S_k, cfg.n), B * H)](
-            q, k, v, grad, lse, delta, dk, dv, dq_acc, *_strides(q), *_strides(k), *_strides(v), *_strides(grad),
-            *_strides(dk), *_strides(dv), *_strides(dq_acc), H, S_q, S_k, scale * LOG2E, scale, ONE_PASS=True,
-            **_meta(D, cfg))
+    one_pass = not deterministic and one_pass_backward(D, q.dtype)
+    # the one pass adds dQ into a zeroed fp32 buffer; otherwise DQ_ACC is unused (dk stands in)
+    dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if one_pass else dk
+    cfg = pick("bwd_fused" if one_pass else "dkdv")
+    _attn_bwd_dkdv[(triton.cdiv(S_k, cfg.n), B * H)](
+        q, k, v, grad, lse, delta, dk, dv, dq_acc, *_strides(q), *_strides(k), *_strides(v), *_strides(grad),
+        *_strides(dk), *_strides(dv), *(_strides(dq_acc) if one_pass else (0, 0, 0)), H, S_q, S_k,
+        scale * LOG2E, scale, ONE_PASS=one_pass, **_meta(D, cfg))
+    if one_pass:
         return dq_acc.to(q.dtype), dk, dv
     dq = _alloc.empty_like(q)
-    cfg = pick("dkdv")
-    _attn_bwd_dkdv[(triton.cdiv(S_k, cfg.n), B * H)](  # DQ_ACC unused (ONE_PASS=False): dk in its place
-        q, k, v, grad, lse, delta, dk, dv, dk, *_strides(q), *_strides(k), *_strides(v), *_strides(grad),
-        *_strides(dk), *_strides(dv), 0, 0, 0, H, S_q, S_k, scale * LOG2E, scale, ONE_PASS=False,
-        **_meta(D, cfg))
     cfg = pick("dq")
     _attn_bwd_dq[(triton.cdiv(S_q, cfg.m), B * H)](
         q, k, v, grad, lse, delta, dq, *_strides(q), *_strides(k), *_strides(v), *_strides(grad), *_strides(dq),
@@ -674,14 +671,13 @@ def tune(kernel: str, shape, dtype: torch.dtype, device, *, timer=None, max_cand
     tq, tk, tv, grad = make(q.shape), make(k.shape), make(v.shape), make(q.shape)
     scale = ref.default_scale(D)
     out, lse = forward(q, k, v, scale, config("fwd", D, dtype))
-    backward_kernel = {"dkdv": True, "dq": True, "bwd_fused": False}
 
     def run(cfg):
         if kernel == "fwd":
             return forward(q, k, v, scale, cfg)[:1]
         if kernel == "jvp":
             return forward_jvp(q, k, v, tq, tk, tv, scale, cfg)[:2]
-        return backward(grad, q, k, v, out, lse, scale, None, backward_kernel[kernel], {kernel: cfg})
+        return backward(grad, q, k, v, out, lse, scale, None, kernel != "bwd_fused", {kernel: cfg})
 
     default = config(kernel, D, dtype)
     if B * H * S_q * S_k <= REFERENCE_LIMIT:
@@ -695,6 +691,7 @@ def tune(kernel: str, shape, dtype: torch.dtype, device, *, timer=None, max_cand
             expect = torch.autograd.grad(ref.attention(*leaves, scale), leaves, grad.double())
     else:
         expect = tuple(t.double() for t in run(default))
+
     def error(outputs):
         return max(rel_err(o, e) for o, e in zip(outputs, expect))
 

@@ -199,12 +199,21 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
         if hasattr(v, "full_tensor"):
             v = v.full_tensor()
         sd[k] = v.detach().to("cpu").contiguous()
-    meta = {"format": "cosmos_models"}
-    cfg = getattr(model, "config", None)
-    if cfg is not None:
-        meta["config"] = cfg.name
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(path), metadata=meta)
+    save_file(sd, str(path), metadata=_file_metadata(getattr(model, "config", None)))
+
+
+def _file_metadata(config) -> dict[str, str]:
+    """What our safetensors files record: the format, and the config name when known."""
+    return {"format": "cosmos_models", **({"config": config.name} if config is not None else {})}
+
+
+def _meta_network(config) -> torch.nn.Module:
+    """`config`'s network on the meta device: its parameter names and shapes, no memory."""
+    from cosmos_models.nets.registry import model_class
+
+    with torch.device("meta"):
+        return model_class(config)(config)
 
 
 def config_from_checkpoint(path: str) -> str | None:
@@ -222,10 +231,7 @@ def write_weights(config, weights: Mapping[str, Tensor] | None, path: str | os.P
     file renamed into place). `weights` None (a rank that holds no gathered copy) writes nothing."""
     if weights is None:
         return
-    from cosmos_models.nets.registry import model_class
-
-    with torch.device("meta"):
-        holder = model_class(config)(config)
+    holder = _meta_network(config)
     holder.load_state_dict(weights, assign=True, strict=True)
     tmp = f"{os.fspath(path)}.tmp.{os.getpid()}"
     save_checkpoint(holder, tmp)
@@ -246,11 +252,7 @@ def write_weights_streamed(config, tensors, path: str | os.PathLike, *, write: b
     import json
     import struct
 
-    from cosmos_models.nets.registry import model_class
-
-    with torch.device("meta"):
-        holder = model_class(config)(config)
-    expected = {k: v for k, v in holder.state_dict().items()}
+    expected = _meta_network(config).state_dict()
     header, offset, order = {}, 0, []
     for name, v in expected.items():
         nbytes = v.numel() * v.element_size()
@@ -258,7 +260,7 @@ def write_weights_streamed(config, tensors, path: str | os.PathLike, *, write: b
                         "data_offsets": [offset, offset + nbytes]}
         order.append(name)
         offset += nbytes
-    header["__metadata__"] = {"format": "cosmos_models", "config": config.name}
+    header["__metadata__"] = _file_metadata(config)
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
     tmp = f"{os.fspath(path)}.tmp.{os.getpid()}"
@@ -300,7 +302,6 @@ def detect_config(state_dict: Mapping[str, Tensor]) -> str | None:
     """The registered config whose parameter names and shapes `state_dict` (any supported naming)
     has exactly, or None. Each candidate is built on the meta device (no memory)."""
     from cosmos_models.nets.config import configs, get_config
-    from cosmos_models.nets.registry import model_class
 
     sd = to_ours(state_dict)
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
@@ -309,8 +310,7 @@ def detect_config(state_dict: Mapping[str, Tensor]) -> str | None:
         cfg = get_config(name)
         if width is not None and width[0] != cfg.model_channels:
             continue  # cheap filter before building
-        with torch.device("meta"):
-            model = model_class(cfg)(cfg)
+        model = _meta_network(cfg)
         if {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes:
             return name
     return None

@@ -89,8 +89,7 @@ class EMA:
 
         keep = not rank0_only or not dist.is_initialized() or dist.get_rank() == 0
         out = {}
-        for name, value in self.shadow.items():
-            full = value.full_tensor() if hasattr(value, "full_tensor") else value
+        for name, full in self.iter_full():
             if keep:
                 out[name] = full.detach().to("cpu", copy=True)
             del full
