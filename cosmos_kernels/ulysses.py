@@ -33,8 +33,21 @@ Conventions and preconditions
 - Every rank of the group must make the same calls in the same order (as for any collective);
   a rank that raises instead leaves the others blocked until the process group's timeout
   (init_process_group(timeout=...)): set it to seconds-to-minutes, not the default 30 min, in tests.
-- Eager mode: the exchange is excluded from torch.compile tracing (torch.compiler.disable), so a
-  compiled model graph-breaks around it; the attention op inside is compiled as usual.
+- torch.compile traces the exchange (no graph break): under compilation it is the packing op, a
+  functional all-to-all (torch.distributed._functional_collectives, differentiable, which the
+  compiler can schedule against compute) and the unpacking op, each with its backward; eager mode
+  without overlap keeps one autograd.Function that also has the forward-mode rule. Compiled code is
+  reverse-mode only (forward mode through a compiled exchange is not supported), and check_shapes is
+  skipped there (it needs a host sync): the compiled graph is specialised to its shapes.
+
+Overlap (UlyssesAttention(..., overlap_chunks=C)): the heads are cut into C chunks, every chunk's
+q/k/v exchange is issued before the first attention runs (functional collectives are asynchronous:
+a chunk waits for its data where it is first used), and each chunk's output goes back while the next
+chunk's attention computes, so the exchange of chunk c+1 and the return of chunk c hide behind the
+attention of chunk c. Attention is independent per head, so the result equals C = 1 (same values; the
+head order is restored). Needs heads divisible by C × P. Under forward mode (torch.func.jvp) the
+chunks exchange synchronously (the autograd.Function path). C = 1 (the default) until a GPU
+measurement shows the split pays (a chunk's attention must outlast its exchange).
 
 Per-batch switch (context parallel on for video, off for image batches): `module.enabled = False`
 on one UlyssesAttention, or `with cosmos_kernels.ulysses.disabled(): ...` for all of them. While
@@ -48,7 +61,9 @@ import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
 from torch import Tensor
 
 from cosmos_kernels import _alloc, dispatch
@@ -94,6 +109,38 @@ def _unflatten(flat: Sequence[int], ndim: int) -> list[list[int]]:
     return [list(flat[i:i + ndim]) for i in range(0, len(flat), ndim)]
 
 
+def _flat_shapes(ts) -> list[int]:
+    return [n for t in ts for n in t.shape]
+
+
+# pack and unpack are each other's inverse on one side of the wire (reference/ulysses.py): the
+# gradient of pack along scatter_dim is unpack along the same dim to the input shapes, and back
+def _pack_setup(ctx, inputs, output):
+    xs, ctx.scatter_dim, ctx.world, ctx.backend = inputs
+    ctx.flat, ctx.ndim = _flat_shapes(xs), xs[0].dim()
+
+
+def _pack_backward(ctx, grad):
+    grads = _unpack_op(grad.contiguous(), ctx.flat, ctx.ndim, ctx.scatter_dim, ctx.world, ctx.backend)
+    return grads, None, None, None
+
+
+def _unpack_setup(ctx, inputs, output):
+    buf, _, _, ctx.gather_dim, ctx.world, ctx.backend = inputs
+    ctx.shapes = [tuple(o.shape) for o in output]
+    ctx.dtype, ctx.device = buf.dtype, buf.device
+
+
+def _unpack_backward(ctx, grads):
+    grads = [g if g is not None else torch.zeros(s, dtype=ctx.dtype, device=ctx.device)
+             for g, s in zip(grads, ctx.shapes)]
+    return _pack_op(grads, ctx.gather_dim, ctx.world, ctx.backend), None, None, None, None, None
+
+
+_pack_op.register_autograd(_pack_backward, setup_context=_pack_setup)
+_unpack_op.register_autograd(_unpack_backward, setup_context=_unpack_setup)
+
+
 # ---------------------------------------------------------------------------------------------
 # the exchange and its autograd
 # ---------------------------------------------------------------------------------------------
@@ -108,13 +155,29 @@ class _Exchange:
     def inverse(self) -> _Exchange:
         return _Exchange(self.group, self.world, self.gather_dim, self.scatter_dim, self.backend)
 
+    def _received_shapes(self, xs: Sequence[Tensor]) -> list[int]:
+        return [n for x in xs for n in ref.exchanged_shape(x.shape, self.scatter_dim, self.gather_dim, self.world)]
+
     def __call__(self, xs: Sequence[Tensor]) -> list[Tensor]:
+        """The exchange in place (blocking), inside _AllToAll: no autograd of its own."""
         send = _pack_op(list(xs), self.scatter_dim, self.world, self.backend)
         recv = _alloc.empty_like(send)
         dist.all_to_all_single(recv, send, group=self.group)
-        shapes = [ref.exchanged_shape(x.shape, self.scatter_dim, self.gather_dim, self.world) for x in xs]
-        flat = [n for s in shapes for n in s]
-        return _unpack_op(recv, flat, xs[0].dim(), self.gather_dim, self.world, self.backend)
+        return _unpack_op(recv, self._received_shapes(xs), xs[0].dim(), self.gather_dim, self.world, self.backend)
+
+    def issue(self, xs: Sequence[Tensor]) -> Tensor:
+        """Pack and start a functional all-to-all (traceable, differentiable; in eager mode
+        asynchronous): returns the receive buffer, which waits for its data where first used."""
+        send = _pack_op(list(xs), self.scatter_dim, self.world, self.backend)
+        return funcol.all_to_all_single_autograd(send, None, None, self.group)
+
+    def finish(self, recv: Tensor, xs: Sequence[Tensor]) -> list[Tensor]:
+        """Unpack what issue(xs) received (waits for it)."""
+        return _unpack_op(recv, self._received_shapes(xs), xs[0].dim(), self.gather_dim, self.world, self.backend)
+
+    def functional(self, xs: Sequence[Tensor]) -> list[Tensor]:
+        """The exchange as traceable pieces (reverse mode only): the compiled path."""
+        return self.finish(self.issue(xs), xs)
 
 
 class _AllToAll(torch.autograd.Function):
@@ -226,7 +289,19 @@ def _check_across_ranks(op: str, xs: list[Tensor], scatter_dim: int, gather_dim:
 # ---------------------------------------------------------------------------------------------
 # public API
 # ---------------------------------------------------------------------------------------------
-@torch.compiler.disable
+def _has_tangents(xs: Sequence[Tensor]) -> bool:
+    """Whether forward mode (torch.func.jvp or forward_ad) carries a tangent on any input."""
+    if torch.compiler.is_compiling():
+        return False  # compiled code is reverse-mode only (module docstring)
+    return any(fwAD.unpack_dual(x).tangent is not None for x in xs)
+
+
+def _resolve_backend(xs: Sequence[Tensor], backend: str | None) -> str:
+    backend = dispatch.backend_for(OP, xs[0], backend)
+    V.check_backend_dtype(OP, backend, xs[0])
+    return backend
+
+
 def ulysses_all_to_all(x, group, scatter_dim: int, gather_dim: int, *, check_shapes: bool = True,
                        backend: str | None = None):
     """All-to-all over `group`: split scatter_dim into P parts (part p to rank p), concatenate the
@@ -236,13 +311,16 @@ def ulysses_all_to_all(x, group, scatter_dim: int, gather_dim: int, *, check_sha
     xs, single = _as_list(OP, x)
     world = group_size(group)
     scatter_dim, gather_dim = _check_inputs(OP, xs, scatter_dim, gather_dim, world)
-    backend = dispatch.backend_for(OP, xs[0], backend)
-    V.check_backend_dtype(OP, backend, xs[0])
+    backend = _resolve_backend(xs, backend)
     if world == 1:
         return x if single else tuple(xs)
-    if check_shapes:
-        _check_across_ranks(OP, xs, scatter_dim, gather_dim, group, world)
-    out = _AllToAll.apply(_Exchange(group, world, scatter_dim, gather_dim, backend), *xs)
+    ex = _Exchange(group, world, scatter_dim, gather_dim, backend)
+    if torch.compiler.is_compiling():
+        out = tuple(ex.functional(xs))
+    else:
+        if check_shapes:
+            _check_across_ranks(OP, xs, scatter_dim, gather_dim, group, world)
+        out = _AllToAll.apply(ex, *xs)
     return out[0] if single else out
 
 
@@ -276,21 +354,27 @@ class UlyssesAttention(torch.nn.Module):
     flash_attention_jvp(q, k, v, q_t, k_t, v_t) works the same way: six sharded inputs, two
     outputs (use replicated=(1, 2, 4, 5) for its cross-attention).
 
+    overlap_chunks=C pipelines the exchange with attention over C head chunks (module docstring);
+    attn_fn must then treat heads independently (every attention op of the library does).
+
     Cross-attention note: dense softmax attention is independent per query row, so a plain local
     call on the sequence shard (no wrapper) gives the same result without communication; the
     `replicated` path is for attention functions that need the whole query sequence.
     """
 
     def __init__(self, attn_fn: Callable, group=None, *, replicated: Sequence[int] = (),
-                 check_shapes: bool = True, backend: str | None = None):
+                 check_shapes: bool = True, backend: str | None = None, overlap_chunks: int = 1):
         super().__init__()
         if not callable(attn_fn):
             raise TypeError(f"UlyssesAttention: attn_fn must be callable, got {type(attn_fn).__name__}")
+        if isinstance(overlap_chunks, bool) or not isinstance(overlap_chunks, int) or overlap_chunks < 1:
+            raise ValueError(f"UlyssesAttention: overlap_chunks must be a positive int, got {overlap_chunks!r}")
         self.attn_fn = attn_fn
         self.group = group
         self.replicated = tuple(replicated)
         self.check_shapes = check_shapes
         self.backend = backend
+        self.overlap_chunks = overlap_chunks
         self.enabled = True
 
     def active(self) -> bool:
@@ -299,7 +383,8 @@ class UlyssesAttention(torch.nn.Module):
 
     def extra_repr(self) -> str:
         name = getattr(self.attn_fn, "__name__", type(self.attn_fn).__name__)
-        return f"attn_fn={name}, world={group_size(self.group)}, replicated={self.replicated}, enabled={self.enabled}"
+        return (f"attn_fn={name}, world={group_size(self.group)}, replicated={self.replicated}, "
+                f"overlap_chunks={self.overlap_chunks}, enabled={self.enabled}")
 
     def forward(self, *args, **kwargs):
         if not self.active():
@@ -310,33 +395,98 @@ class UlyssesAttention(torch.nn.Module):
         if not sharded:
             raise ValueError(f"{op}: no sequence-sharded tensor among the positional arguments "
                              f"(replicated={self.replicated})")
+        chunks = self.overlap_chunks
         for i in (*sharded, *(j for j in self.replicated if j < len(args))):
             V.check_tensor(f"argument {i}", args[i], ndim=4, op=op)
-            if args[i].shape[2] % world:
-                raise ValueError(f"{op}: argument {i} has {args[i].shape[2]} heads, which is not divisible by "
+            heads = args[i].shape[2]
+            if heads % world:
+                raise ValueError(f"{op}: argument {i} has {heads} heads, which is not divisible by "
                                  f"the context-parallel group size {world}")
+            if heads % (chunks * world):
+                raise ValueError(f"{op}: argument {i} has {heads} heads, which overlap_chunks={chunks} cannot "
+                                 f"split: heads must be divisible by overlap_chunks x group size = {chunks * world}")
+        if chunks == 1:
+            heads = ulysses_all_to_all([args[i] for i in sharded], self.group, 2, 1,
+                                       check_shapes=self.check_shapes, backend=self.backend)
+            out = self.attn_fn(*self._arguments(args, sharded, heads, rank, world, 0, args[sharded[0]].shape[2]),
+                               **kwargs)
+            return self._to_sequence_shards(op, out)
+        return self._overlapped(op, args, kwargs, sharded, rank, world, chunks)
+
+    def _arguments(self, args, sharded, exchanged, rank, world, head0, width) -> list:
+        """attn_fn's positional arguments for heads [head0, head0 + width) of the whole sequence:
+        the sharded ones as exchanged (this rank's width / P of them), the replicated ones sliced."""
         new = list(args)
-        heads = ulysses_all_to_all([args[i] for i in sharded], self.group, 2, 1,
-                                   check_shapes=self.check_shapes, backend=self.backend)
-        for i, t in zip(sharded, heads):
+        for i, t in zip(sharded, exchanged):
             new[i] = t
+        per_rank = width // world
         for i in self.replicated:
             if i < len(args):
-                h = args[i].shape[2] // world
-                new[i] = args[i][:, :, rank * h:(rank + 1) * h]
-        out = self.attn_fn(*new, **kwargs)
-        return self._to_sequence_shards(op, out)
+                new[i] = args[i][:, :, head0 + rank * per_rank:head0 + (rank + 1) * per_rank]
+        return new
 
     def _to_sequence_shards(self, op: str, out):
-        single = isinstance(out, Tensor)
-        items = [out] if single else list(out)
-        idx = [i for i, t in enumerate(items) if isinstance(t, Tensor)]
-        for i in idx:
-            if items[i].dim() != 4:
-                raise ValueError(f"{op}: attn_fn output {i} has shape {tuple(items[i].shape)}; expected "
-                                 "(B, S, H/P, D) tensors to send back to sequence shards")
+        items, idx = _output_tensors(op, out)
         back = ulysses_all_to_all([items[i] for i in idx], self.group, 1, 2, check_shapes=False,
                                   backend=self.backend)
-        for i, t in zip(idx, back):
-            items[i] = t
-        return items[0] if single else type(out)(items)
+        return _rebuild(out, items, idx, back)
+
+    def _overlapped(self, op, args, kwargs, sharded, rank, world, chunks):
+        """overlap_chunks > 1: head chunks pipelined (module docstring). Every chunk's exchange is
+        issued before the first attention; chunk c waits only for its own data, and its output
+        leaves while chunk c + 1 attends."""
+        whole = [args[i] for i in sharded]
+        _check_inputs(op, whole, 2, 1, world)
+        backend = _resolve_backend(whole, self.backend)
+        width = whole[0].shape[2] // chunks
+        parts = [[t[:, :, c * width:(c + 1) * width] for t in whole] for c in range(chunks)]
+        if _has_tangents(whole):  # forward mode: the blocking exchange (it has the tangent rule)
+            outs = []
+            for c, part in enumerate(parts):
+                heads = ulysses_all_to_all(part, self.group, 2, 1, check_shapes=self.check_shapes and c == 0,
+                                           backend=backend)
+                out = self.attn_fn(*self._arguments(args, sharded, heads, rank, world, c * width, width), **kwargs)
+                outs.append(self._to_sequence_shards(op, out))
+            return _concat_heads(outs)
+        if self.check_shapes and not torch.compiler.is_compiling():
+            _check_across_ranks(op, whole, 2, 1, self.group, world)
+        to_heads = _Exchange(self.group, world, 2, 1, backend)
+        to_sequence = to_heads.inverse()
+        received = [to_heads.issue(part) for part in parts]
+        sent = []
+        for c, (part, recv) in enumerate(zip(parts, received)):
+            heads = to_heads.finish(recv, part)
+            out = self.attn_fn(*self._arguments(args, sharded, heads, rank, world, c * width, width), **kwargs)
+            items, idx = _output_tensors(op, out)
+            sent.append((out, items, idx, to_sequence.issue([items[i] for i in idx])))
+        outs = [_rebuild(out, items, idx, to_sequence.finish(recv, [items[i] for i in idx]))
+                for out, items, idx, recv in sent]
+        return _concat_heads(outs)
+
+
+def _output_tensors(op: str, out) -> tuple[list, list[int]]:
+    """attn_fn's output as a list of items and the indices of its tensors (to send back)."""
+    items = [out] if isinstance(out, Tensor) else list(out)
+    idx = [i for i, t in enumerate(items) if isinstance(t, Tensor)]
+    for i in idx:
+        if items[i].dim() != 4:
+            raise ValueError(f"{op}: attn_fn output {i} has shape {tuple(items[i].shape)}; expected "
+                             "(B, S, H/P, D) tensors to send back to sequence shards")
+    return items, idx
+
+
+def _rebuild(out, items: list, idx: list[int], back: Sequence[Tensor]):
+    """attn_fn's output structure with its tensors replaced by `back`."""
+    items = list(items)
+    for i, t in zip(idx, back):
+        items[i] = t
+    return items[0] if isinstance(out, Tensor) else type(out)(items)
+
+
+def _concat_heads(outs: list):
+    """The head chunks' outputs (each a tensor, or a tuple/list of tensors and other values) joined
+    along the head dimension in chunk order (= the global head order)."""
+    if isinstance(outs[0], Tensor):
+        return torch.cat(outs, dim=2)
+    return type(outs[0])(torch.cat([o[i] for o in outs], dim=2) if isinstance(item, Tensor) else item
+                         for i, item in enumerate(outs[0]))

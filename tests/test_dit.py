@@ -394,7 +394,8 @@ def _cp_rank():
     dist.init_process_group("gloo")
     try:
         report = {}
-        for name in ("tiny", "tiny-multiview"):
+        four_heads = replace_config(cm.get_config("tiny"), num_heads=4)
+        for name, chunks in (("tiny", 1), ("tiny-multiview", 1), (four_heads, 2)):  # 2: the overlapped exchange
             torch.manual_seed(0)
             model = cm.build(name)
             _perturb(model)
@@ -406,12 +407,12 @@ def _cp_rank():
             x_grad = x.grad.clone()
             model.zero_grad()
             x.grad = None
-            model.set_context_parallel_group(dist.group.WORLD)
+            model.set_context_parallel_group(dist.group.WORLD, overlap_chunks=chunks)
             out = model(x, t, ctx, **kw)
             out.square().sum().backward()
             for g in (x.grad, *(p.grad for p in model.parameters())):  # partial per rank: summed over the group
                 dist.all_reduce(g)
-            report[name] = (
+            report[f"{getattr(name, 'name', name)} chunks={chunks}"] = (
                 float((out - plain).norm() / plain.norm()),
                 float((x.grad - x_grad).norm() / x_grad.norm()),
                 max(float((p.grad - plain_grads[n]).norm() / plain_grads[n].norm().clamp_min(1e-12))

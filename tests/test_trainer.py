@@ -142,6 +142,10 @@ def test_power_ema_matches_its_formula():
 def test_resolve_validates_the_run():
     with pytest.raises(ValueError, match="--cp 2 must divide the 3 latent frames"):
         resolve(TrainConfig(frames=9, cp=2), "cpu")
+    with pytest.raises(ValueError, match="--cp 2 x --cp-overlap-chunks 2 must divide the 2 attention heads"):
+        resolve(TrainConfig(frames=13, cp=2, cp_overlap_chunks=2), "cpu")
+    with pytest.raises(ValueError, match="--cp-overlap-chunks must be an int >= 1, got 0"):
+        resolve(TrainConfig(cp_overlap_chunks=0), "cpu")
     with pytest.raises(ValueError, match="--data is required"):
         resolve(TrainConfig(config="predict2.5-2b"), "cpu")
     with pytest.raises(ValueError, match="multiples of 16"):

@@ -1,7 +1,8 @@
 """Ulysses context parallelism: the packing kernels against the reference layout (one process),
 then real gloo groups of 2 and 4 processes on CPU (spawned by the test) checking the all-to-all,
 its autograd and JVP, UlyssesAttention over several attention ops against the single-process op,
-the error paths, and that a rank which raises makes the others fail fast instead of hanging."""
+the overlapped head chunks against one exchange, torch.compile(fullgraph=True) of a context-parallel
+layer, the error paths, and that a rank which raises makes the others fail fast instead of hanging."""
 from __future__ import annotations
 
 import functools
@@ -364,6 +365,47 @@ def _check_errors_and_switch(rank, world, report):
     report["errors"] = True
 
 
+def _check_overlap(rank, world, report):
+    """overlap_chunks=2 (head chunks pipelined) gives what one exchange gives: outputs, gradients,
+    replicated cross-attention inputs and, through torch.func.jvp, tangents."""
+    group = _GROUP[0]
+    covered = []
+    for name, fn, B, S, _, D, kw in _attention_cases(world):
+        H = 2 * world  # two chunks of one head per rank
+        torch.manual_seed(14)
+        q, k, v, g = (torch.randn(B, S, H, D) for _ in range(4))
+        results = []
+        for chunks in (1, 2):
+            mine = [_shard(t, rank, world).clone().requires_grad_() for t in (q, k, v)]
+            out = ck.UlyssesAttention(fn, group, overlap_chunks=chunks)(*mine, **kw)
+            (out * _shard(g, rank, world)).sum().backward()
+            results.append((out.detach(), *(m.grad for m in mine)))
+        for what, a, b in zip(("out", "dq", "dk", "dv"), *results):
+            assert_close(b, a, torch.float32, grad=what != "out", name=f"overlap {name} {what}")
+        covered.append(name)
+    # replicated k, v (cross-attention): each chunk slices its own heads of them
+    q, k, v = torch.randn(1, 2 * world, 4 * world, 8), torch.randn(1, 5, 4 * world, 8), torch.randn(1, 5, 4 * world, 8)
+    outs = [ck.UlyssesAttention(plain_attention, group, replicated=(1, 2), overlap_chunks=c)(_shard(q, rank, world), k, v)
+            for c in (1, 4)]
+    assert_close(outs[1], outs[0], torch.float32, name="overlap cross")
+    # forward mode: the chunks exchange with the tangent rule, and a fused (out, out_t) attn_fn
+    prim = [_shard(torch.randn(1, 2 * world, 2 * world, 8, dtype=torch.float64), rank, world) for _ in range(3)]
+    tang = [torch.randn_like(t) for t in prim]
+    jvps = [torch.func.jvp(ck.UlyssesAttention(plain_attention, group, overlap_chunks=c), tuple(prim), tuple(tang))
+            for c in (1, 2)]
+    for a, b, what in zip(*jvps, ("out", "tangent")):
+        assert_close(b, a, torch.float64, name=f"overlap jvp {what}")
+    fused = [ck.UlyssesAttention(plain_attention_jvp, group, overlap_chunks=c)(*prim, *tang) for c in (1, 2)]
+    assert isinstance(fused[1], tuple)
+    for a, b, what in zip(*fused, ("out", "tangent")):
+        assert_close(b, a, torch.float64, name=f"overlap fused jvp {what}")
+    # heads that the chunks cannot split: a clear error before any collective
+    x = torch.randn(1, 2, 2 * world, 8)
+    with pytest.raises(ValueError, match=f"overlap_chunks=3 cannot split: heads must be divisible by .* = {3 * world}"):
+        ck.UlyssesAttention(plain_attention, group, overlap_chunks=3)(x, x, x)
+    report["overlap"] = covered
+
+
 _GROUP = [None]  # the group the checks use (set in the scenario: the default group of the ranks)
 
 
@@ -375,6 +417,7 @@ def _scenario_main(rank, world):
         _check_attention(rank, world, report, backend)
     _check_cross_attention(rank, world, report)
     _check_jvp(rank, world, report)
+    _check_overlap(rank, world, report)
     _check_errors_and_switch(rank, world, report)
     return report
 
@@ -389,7 +432,63 @@ def test_process_group(world, tmp_path):
     for backend in BACKENDS:
         assert report[f"attention[{backend}]"] == expected
     assert report["all_to_all"] == BACKENDS and report["cross"] and report["errors"]
+    assert report["overlap"] == expected
     print(f"world {world}: {report}")
+
+
+class _ContextParallelLayer(torch.nn.Module):
+    """Projections around a context-parallel attention: what a DiT block compiles."""
+
+    def __init__(self, attn, heads: int, dim: int):
+        super().__init__()
+        self.heads, self.attn = heads, attn
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+        self.out = torch.nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, S, _ = x.shape
+        q, k, v = self.qkv(x).view(B, S, 3, self.heads, -1).unbind(2)
+        return self.out(self.attn(q, k, v).flatten(2))
+
+
+def _scenario_compile(rank, world):
+    """torch.compile(fullgraph=True) of a layer around UlyssesAttention (one exchange, and the
+    overlapped chunks) and of the bare all-to-all: no graph break, and the compiled forward and
+    gradients equal eager ones."""
+    flash = functools.partial(ck.flash_attention, backend="torch")
+    group = dist.group.WORLD
+    heads, dim = 2 * world, 32 * world
+    x_full = torch.randn(1, 4 * world, dim)
+    report = {}
+    for chunks in (1, 2):
+        torch.manual_seed(21)
+        layer = _ContextParallelLayer(ck.UlyssesAttention(flash, group, overlap_chunks=chunks), heads, dim)
+        results = []
+        for run in (layer, torch.compile(layer, fullgraph=True, backend="aot_eager")):
+            layer.zero_grad()
+            x = _shard(x_full, rank, world).clone().requires_grad_()
+            out = run(x)
+            out.square().sum().backward()
+            results.append([out.detach(), x.grad] + [p.grad.clone() for p in layer.parameters()])
+        for i, (a, b) in enumerate(zip(*results)):
+            assert_close(b, a, torch.float32, grad=i > 0, name=f"compiled chunks={chunks} [{i}]")
+        report[f"layer[{chunks}]"] = True
+    # the bare exchange: exact, forward and backward
+    y = torch.randn(2, 2 * world, world, 4).requires_grad_()
+    fn = torch.compile(lambda t: ck.ulysses_all_to_all(t, group, 2, 1) * 2, fullgraph=True, backend="aot_eager")
+    out = fn(y)
+    assert torch.equal(out, ck.ulysses_all_to_all(y.detach(), group, 2, 1) * 2)
+    out.backward(torch.ones_like(out))
+    assert torch.equal(y.grad, torch.full_like(y, 2.0))
+    report["all_to_all"] = True
+    return report
+
+
+@pytest.mark.timeout(240)
+def test_compiled_context_parallel_has_no_graph_break(tmp_path):
+    results = _launch(2, _scenario_compile, tmp_path, deadline_s=220)
+    _assert_all_ok(results)
+    assert results[0][1] == {"layer[1]": True, "layer[2]": True, "all_to_all": True}
 
 
 def _scenario_fail_fast(rank, world, release):

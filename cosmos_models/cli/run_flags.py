@@ -37,6 +37,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, d: RunConfig, *, what: st
            "instead of center-cropping every clip to --resolution; a batch holds one bucket")
     a("--frames", type=int, default=None, help="pixel frames per clip, 4k+1 (default: the config's)")
     a("--cp", type=int, default=d.cp, help="context-parallel (Ulysses) group size")
+    a("--cp-overlap-chunks", type=int, default=d.cp_overlap_chunks,
+      help="split the heads into N chunks whose all-to-all overlaps the previous chunk's attention "
+           "(1: one exchange; opt-in until measured on a GPU)")
     a("--hsdp-replicate", type=int, default=d.hsdp_replicate, help="FSDP replicas (hybrid sharding); 1: full shard")
     a("--sac", default=None, choices=sorted(sac.POLICIES),
       help="activation checkpointing policy (default: none for tiny configs, else predict2_2b_720_aggressive)")

@@ -155,6 +155,7 @@ class Distiller(Run):
 
         def network(grad: bool, policy: str = "none"):
             net = cm.build(self.model_cfg, device=lay.device, dtype=torch.float32, cp_group=lay.cp_group)
+            net.set_context_parallel_group(lay.cp_group, overlap_chunks=cfg.cp_overlap_chunks)
             net.load_state_dict(weights, strict=True)
             net.requires_grad_(grad)
             sac.apply(net, policy)

@@ -236,6 +236,7 @@ class Block(nn.Module):
         D, heads = cfg.model_channels, cfg.num_heads
         self.window = window
         self.cp_group = None
+        self.cp_overlap_chunks = 1
         self.self_attn = Attention(D, None, heads, cfg.head_dim)
         self.cross_attn = Attention(D, cfg.crossattn_emb_channels, heads, cfg.head_dim,
                                     image_context=cfg.image_context_dim is not None)
@@ -270,7 +271,7 @@ class Block(nn.Module):
             # Ulysses gathers the per-view frame shards rank-major, which dense attention does not
             # mind (same permutation of queries and keys) but a neighborhood window on the grid does
             raise ValueError("context parallel with neighborhood attention is supported for one view only")
-        return ck.UlyssesAttention(fn, self.cp_group)
+        return ck.UlyssesAttention(fn, self.cp_group, overlap_chunks=self.cp_overlap_chunks)
 
     def forward(self, x: Tensor, emb: Tensor, context: Tensor, freqs: Tensor, adaln_lora: Tensor,
                 frames: Frames, image_context: Tensor | None = None) -> Tensor:
@@ -357,7 +358,7 @@ class DiT(nn.Module):
             self.img_context_proj = nn.Sequential(nn.Linear(cfg.image_context_dim, D, bias=True), nn.GELU())
         self._build_variant()
         self.reset_parameters()
-        self.cp_group = None
+        self.cp_group, self.cp_overlap_chunks = None, 1
         self.set_context_parallel_group(cp_group)
 
     def _build_variant(self) -> None:
@@ -375,7 +376,7 @@ class DiT(nn.Module):
                 getattr(self, name)[0].reset_parameters()
 
     # -- switches --------------------------------------------------------------------------------
-    def set_context_parallel_group(self, group) -> None:
+    def set_context_parallel_group(self, group, *, overlap_chunks: int | None = None) -> None:
         """Context parallel (Ulysses): each rank of `group` keeps T/size latent frames of the sequence
         (per view), self-attention runs through UlyssesAttention (heads must divide by the size),
         cross-attention and everything else stay local; the output is gathered along T.
@@ -385,15 +386,24 @@ class DiT(nn.Module):
         identical on every rank, so each rank back-propagates its own slice. Gradients of the parameters
         (and of the replicated inputs) are partial per rank and sum over the group to the full ones
         (the trainer's FSDP mesh reduces parameter gradients over it).
+
+        overlap_chunks: UlyssesAttention's head chunks (exchange pipelined with attention; None keeps
+        the current setting, initially 1); heads must divide by size x chunks.
         """
+        chunks = self.cp_overlap_chunks if overlap_chunks is None else overlap_chunks
+        if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+            raise ValueError(f"overlap_chunks must be a positive int, got {chunks!r}")
         if group is not None:
             size = torch.distributed.get_world_size(group)
             if self.config.num_heads % size:
                 raise ValueError(f"context parallel size {size} does not divide num_heads {self.config.num_heads}")
-        self.cp_group = group
+            if self.config.num_heads % (size * chunks):
+                raise ValueError(f"context parallel size {size} x overlap_chunks {chunks} does not divide "
+                                 f"num_heads {self.config.num_heads}")
+        self.cp_group, self.cp_overlap_chunks = group, chunks
         for m in self.modules():
             if isinstance(m, Block):
-                m.cp_group = group
+                m.cp_group, m.cp_overlap_chunks = group, chunks
 
     # -- input handling ----------------------------------------------------------------------------
     def _check_inputs(self, x: Tensor, timesteps: Tensor, crossattn_emb: Tensor) -> None:

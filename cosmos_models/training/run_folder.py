@@ -39,7 +39,7 @@ NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 # frames: see the identity) are among them
 HARMLESS = frozenset({"resume", "steps", "save_every", "keep_last", "log_every", "progress", "dist_timeout",
                       "num_workers", "out", "device", "allow_change", "max_bad_steps", "kernel_backend", "cp",
-                      "hsdp_replicate", "sac", "data", "batch", "resolution", "frames", "image_batch",
+                      "cp_overlap_chunks", "hsdp_replicate", "sac", "data", "batch", "resolution", "frames", "image_batch",
                       "cache_latents", "synthetic_clips", "log_to", "wandb_project", "text_encoder"})
 
 

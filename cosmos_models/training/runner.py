@@ -80,6 +80,7 @@ class RunConfig:
     aspect_buckets: bool = False       # clips at their aspect bucket's size (data/clips.py ASPECT_BUCKETS)
     frames: int | None = None
     cp: int = 1
+    cp_overlap_chunks: int = 1         # UlyssesAttention head chunks (exchange overlapped with attention)
     hsdp_replicate: int = 1
     sac: str | None = None
     precision: str | None = None
@@ -139,7 +140,7 @@ def resolve_run(cfg: RunConfig, device_type: str, *, needs_data: bool = True) ->
                          f"(VAE {SPATIAL_COMPRESSION}x, patch {model_cfg.patch_spatial})")
     frames = model_cfg.num_frames if cfg.frames is None else cfg.frames
     latent_t = latent_frames(frames)
-    for name in ("steps", "batch", "cp", "hsdp_replicate", "log_every", "synthetic_clips"):
+    for name in ("steps", "batch", "cp", "cp_overlap_chunks", "hsdp_replicate", "log_every", "synthetic_clips"):
         positive_int(name, getattr(cfg, name))
     for name in ("save_every", "keep_last", "num_workers", "seed", "max_bad_steps"):
         positive_int(name, getattr(cfg, name), 0)
@@ -154,6 +155,9 @@ def resolve_run(cfg: RunConfig, device_type: str, *, needs_data: bool = True) ->
     if cfg.cp > 1:
         if model_cfg.num_heads % cfg.cp:
             raise ValueError(f"--cp {cfg.cp} must divide the {model_cfg.num_heads} attention heads of {model_cfg.name}")
+        if model_cfg.num_heads % (cfg.cp * cfg.cp_overlap_chunks):
+            raise ValueError(f"--cp {cfg.cp} x --cp-overlap-chunks {cfg.cp_overlap_chunks} must divide the "
+                             f"{model_cfg.num_heads} attention heads of {model_cfg.name}")
         if latent_t > 1 and latent_t % cfg.cp:
             raise ValueError(f"--cp {cfg.cp} must divide the {latent_t} latent frames of {frames}-frame clips "
                              f"(pick --frames 4k+1 with k+1 a multiple of {cfg.cp})")

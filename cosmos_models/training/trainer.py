@@ -262,6 +262,7 @@ class Trainer(Run):
         streamed = cfg.init is None and cfg.lora is None
         self.model = cm.build(self.model_cfg, device="meta" if streamed else lay.device, dtype=torch.float32,
                               cp_group=lay.cp_group)
+        self.model.set_context_parallel_group(lay.cp_group, overlap_chunks=cfg.cp_overlap_chunks)
         if cfg.init is not None:
             cm.load_checkpoint(self.model, cfg.init)
         self.lora = None
