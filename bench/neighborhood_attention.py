@@ -14,7 +14,9 @@ the gradients against FlexAttention's.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import warnings
 
 import torch
@@ -30,7 +32,8 @@ from cosmos_kernels.testing import rel_err, threshold
 # its 480p scaling (1, 3, 5)
 FULL_CASES = [((24, 44, 80), (24, 22, 40), (1, 4, 8)), ((24, 44, 80), (24, 22, 20), (1, 4, 8)),
               ((24, 30, 52), (24, 15, 26), (1, 3, 5)), ((24, 30, 52), (24, 15, 13), (1, 3, 5))]
-QUICK_CASES = [((3, 8, 12), (3, 4, 6), (1, 2, 2)), ((3, 8, 12), (3, 4, 3), (1, 2, 1))]
+# quick: small grids; the last has a stride of 3 and 5 (as 480p), so the pow2-tiles row runs too
+QUICK_CASES = [((3, 8, 12), (3, 4, 6), (1, 2, 2)), ((3, 8, 12), (3, 4, 3), (1, 2, 1)), ((2, 6, 10), (2, 3, 5), (1, 3, 5))]
 HEADS, HEAD_DIM = 16, 128
 SAMPLED_ROWS = 256
 
@@ -153,42 +156,77 @@ def _bench_case(case, dtype, device, quick) -> list[dict]:
         except Exception as exc:  # noqa: BLE001
             rows.append(_note("neighborhood_attention_3d", shape, dtype, "flex_attention", f"{type(exc).__name__}: {exc}"[:120]))
 
-    tile_eff = _tile_efficiency(geometry, device)
+    # ours, and the triton kernels with the earlier power-of-two tile plan where it differs (480p)
+    case = dict(q=q, k=k, v=v, grad=grad, device=device, quick=quick, sample=sample, expect_out=expect_out,
+                expect_grads=expect_grads, grads_ref=grads_ref, dense_ms=dense_ms, flex_ms=flex_ms, shape=shape,
+                dtype=dtype, common=common, fwd_flops=fwd_flops, flop_ratio=flop_ratio)
     for backend in ours_backends("neighborhood_attention_3d", device):
-        impl = f"ours:{backend}"
         if backend == "torch" and not quick:
-            rows.append(_note("neighborhood_attention_3d", shape, dtype, impl, "skipped: the reference materializes S×S"))
+            rows.append(_note("neighborhood_attention_3d", shape, dtype, f"ours:{backend}",
+                              "skipped: the reference materializes S×S"))
             continue
-        fn = na(backend)
-        try:
-            out = fn(q, k, v)
-            err = rel_err(out if sample is None else out[:, sample], expect_out)
-            ms = _timed(lambda: fn(q, k, v), device, quick)
-            rows.append(_row("neighborhood_attention_3d.fwd", shape, dtype, impl, ms, fwd_flops, rel_err=err,
-                             ok=err <= threshold(dtype), **common, tile_eff=tile_eff if backend == "triton" else None,
-                             ideal_frac=dense_ms["fwd"] / ms / flop_ratio if "fwd" in dense_ms else None,
-                             vs_peer=flex_ms["fwd"] / ms if "fwd" in flex_ms else None,
-                             ref="reference" if sample is None else f"reference on {len(sample)} rows"))
-            args = [t.detach().requires_grad_() for t in (q, k, v)]
-            got = torch.autograd.grad(fn(*args), args, grad)
-            err = max(rel_err(g, e) for g, e in zip(got, expect_grads)) if expect_grads is not None else None
-            ms = _timed(backward_only(fn, (q, k, v), grad), device, quick)
-            rows.append(_row("neighborhood_attention_3d.bwd", shape, dtype, impl, ms, 2.5 * fwd_flops, rel_err=err,
-                             ok=None if err is None else err <= threshold(dtype, grad=True), **common,
-                             ideal_frac=dense_ms["bwd"] / ms / flop_ratio if "bwd" in dense_ms else None,
-                             vs_peer=flex_ms["bwd"] / ms if "bwd" in flex_ms else None, ref=grads_ref))
-        except Exception as exc:  # noqa: BLE001
-            rows.append(_note("neighborhood_attention_3d", shape, dtype, impl, f"{type(exc).__name__}: {exc}"[:120]))
+        plans = [(f"ours:{backend}", "1")]
+        if backend == "triton" and _tile_efficiency(geometry, device, "0") != _tile_efficiency(geometry, device, "1"):
+            plans.append(("ours:triton:pow2-tiles", "0"))
+        for impl, padded in plans:
+            with _padded_tiles(padded):
+                eff = _tile_efficiency(geometry, device, padded) if backend == "triton" else None
+                rows += _ours_rows(impl, na(backend), eff, **case)
     return rows
 
 
-def _tile_efficiency(geometry, device) -> float:
-    """Attended pairs / pairs the forward's tiles compute, for the H100 launch configuration."""
+@contextlib.contextmanager
+def _padded_tiles(value: str):
+    """The tile plan in force inside the block: "1" tiles of whole stride groups (the default),
+    "0" power-of-two boxes only (cosmos_kernels/triton/neighborhood_attention.py, plan)."""
+    from cosmos_kernels.triton import neighborhood_attention as tri
+
+    before = os.environ.get(tri.PADDED_TILES_ENV)
+    os.environ[tri.PADDED_TILES_ENV] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[tri.PADDED_TILES_ENV]
+        else:
+            os.environ[tri.PADDED_TILES_ENV] = before
+
+
+def _ours_rows(impl, fn, tile_eff, *, q, k, v, grad, device, quick, sample, expect_out, expect_grads, grads_ref,
+               dense_ms, flex_ms, shape, dtype, common, fwd_flops, flop_ratio) -> list[dict]:
+    """Forward and backward rows of one of our implementations on one case."""
+    rows = []
+    try:
+        out = fn(q, k, v)
+        err = rel_err(out if sample is None else out[:, sample], expect_out)
+        ms = _timed(lambda: fn(q, k, v), device, quick)
+        rows.append(_row("neighborhood_attention_3d.fwd", shape, dtype, impl, ms, fwd_flops, rel_err=err,
+                         ok=err <= threshold(dtype), **common, tile_eff=tile_eff,
+                         ideal_frac=dense_ms["fwd"] / ms / flop_ratio if "fwd" in dense_ms else None,
+                         vs_peer=flex_ms["fwd"] / ms if "fwd" in flex_ms else None,
+                         ref="reference" if sample is None else f"reference on {len(sample)} rows"))
+        args = [t.detach().requires_grad_() for t in (q, k, v)]
+        got = torch.autograd.grad(fn(*args), args, grad)
+        err = max(rel_err(g, e) for g, e in zip(got, expect_grads)) if expect_grads is not None else None
+        ms = _timed(backward_only(fn, (q, k, v), grad), device, quick)
+        rows.append(_row("neighborhood_attention_3d.bwd", shape, dtype, impl, ms, 2.5 * fwd_flops, rel_err=err,
+                         ok=None if err is None else err <= threshold(dtype, grad=True), **common,
+                         ideal_frac=dense_ms["bwd"] / ms / flop_ratio if "bwd" in dense_ms else None,
+                         vs_peer=flex_ms["bwd"] / ms if "bwd" in flex_ms else None, ref=grads_ref))
+    except Exception as exc:  # noqa: BLE001 - reported as a row, the other implementations still run
+        rows.append(_note("neighborhood_attention_3d", shape, dtype, impl, f"{type(exc).__name__}: {exc}"[:120]))
+    return rows
+
+
+def _tile_efficiency(geometry, device, padded: str = "1") -> float:
+    """Attended pairs / pairs the forward's tiles compute, for the H100 launch configuration
+    (padded: the plan, as _padded_tiles)."""
     from cosmos_kernels.triton import neighborhood_attention as tri
 
     geom = tri.Geometry(*geometry)
     cfg = tri.GPU_CONFIGS["fwd"] if device.type == "cuda" else tri.INTERPRETER_CONFIG
-    p = tri.plan(geom, cfg.block_outer, cfg.block_inner, True)
+    with _padded_tiles(padded):
+        p = tri.plan(geom, cfg.block_outer, cfg.block_inner, True)
     return attended_pairs(*geometry) / (p.visits * cfg.block_outer * cfg.block_inner)
 
 

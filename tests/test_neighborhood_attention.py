@@ -208,6 +208,52 @@ def test_tile_skipping_visits_fewer_key_tiles():
     assert strided <= dense // 4, (strided, dense)
 
 
+def test_padded_tiles_of_whole_stride_groups_are_counted_exactly():
+    """Stride (1, 3, 5), as the 480p window has: the plan picks 1×3×5 tiles (one stride group, one
+    window) padded to 16 rows; the kernel walks exactly the planned tiles, and the result is exact."""
+    from cosmos_kernels.triton import neighborhood_attention as tri
+
+    grid, kernel, stride = (2, 6, 10), (2, 3, 5), (1, 3, 5)
+    geom = tri.Geometry(grid, kernel, (1, 1, 1), stride, (False,) * 3)
+    cfg = tri.INTERPRETER_CONFIG
+    p = tri.plan(geom, cfg.block_outer, cfg.block_inner, True)
+    assert p.outer_tile == p.inner_tile == (1, 3, 5) and p.masked == 0, p
+    q, k, v = _qkv(grid, H=2)
+    counts = torch.full((2, p.programs), -1, dtype=torch.int32)
+    out, _ = tri.forward(q, k, v, geom, 0.25, visits=counts)
+    assert counts.sum(1).tolist() == [p.visits, 0]
+    # every real (query, key) row pair of every visited tile is an attended pair: no waste but the padding
+    assert p.visits * 15 * 15 == attended_pairs(grid, kernel, (1, 1, 1), stride, (False,) * 3)
+    assert_close(out, _ref(q, k, v, grid, kernel, stride=stride, scale=0.25), torch.float32)
+
+
+@pytest.mark.parametrize("kernel", [(24, 8, 16), (24, 15, 13)])
+def test_plan_480p_strides(monkeypatch, kernel):
+    """At 480p (grid 24×30×52, stride (1, 3, 5): the official window scaled, and a narrower one)
+    the query-tile kernels' plans compute at most ~1.2× the attended pairs with tiles of whole
+    stride groups, against 1.3-1.5× for the best power-of-two boxes (still selectable); dk/dv keeps
+    power-of-two tiles."""
+    from cosmos_kernels.triton import neighborhood_attention as tri
+
+    grid, stride = (24, 30, 52), (1, 3, 5)
+    geom = tri.Geometry(grid, kernel, (1, 1, 1), stride, (False,) * 3)
+    pairs = attended_pairs(grid, kernel, (1, 1, 1), stride, (False,) * 3)
+
+    def work(name, padded):
+        cfg = tri.GPU_CONFIGS[name]
+        monkeypatch.setenv(tri.PADDED_TILES_ENV, "1" if padded else "0")
+        p = tri.plan(geom, cfg.block_outer, cfg.block_inner, name != "dkdv")
+        return p, p.visits * cfg.block_outer * cfg.block_inner / pairs
+
+    for name in ("fwd", "dq", "jvp"):
+        p, padded = work(name, True)
+        _, pow2 = work(name, False)
+        assert padded <= 1.21 and padded < pow2 - 0.1, (name, padded, pow2, p)
+        assert math.prod(p.outer_tile) < tri.GPU_CONFIGS[name].block_outer, p   # the padded path is the one used
+    p, dkdv = work("dkdv", True)
+    assert all(n & (n - 1) == 0 for n in (*p.outer_tile, *p.inner_tile)) and dkdv == work("dkdv", False)[1]
+
+
 def test_plan_official_720p_window():
     """At 720p with the official window, the plan visits close to the attended pairs (little
     waste from tile edges), counted for the H100 tile sizes."""
@@ -425,14 +471,22 @@ def test_bad_input_triton_only():
 # the H100 launch configurations
 # ---------------------------------------------------------------------------------------------
 @TRITON
-@pytest.mark.parametrize("window", [dict(kernel_size=(4, 4, 8), stride=(1, 4, 8)),        # official-like: no mask
-                                    dict(kernel_size=(2, 5, 7), dilation=(1, 1, 2), is_causal=(True, False, False))])
-def test_h100_tiles_in_the_interpreter(monkeypatch, window):
+@pytest.mark.parametrize("grid, window", [
+    ((4, 8, 16), dict(kernel_size=(4, 4, 8), stride=(1, 4, 8))),                                # official-like: no mask
+    ((4, 8, 16), dict(kernel_size=(2, 5, 7), dilation=(1, 1, 2), is_causal=(True, False, False))),
+    ((4, 9, 20), dict(kernel_size=(4, 6, 10), stride=(1, 3, 5))),     # 480p-like: padded tiles in fwd, dq and jvp
+])
+def test_h100_tiles_in_the_interpreter(monkeypatch, grid, window):
     """Forward, gradients and JVP with the tile shapes and block sizes the H100 launches use."""
     from cosmos_kernels.triton import neighborhood_attention as tri
 
     monkeypatch.setattr(tri, "launch_config", lambda kernel, device: tri.GPU_CONFIGS[kernel])
-    grid = (4, 8, 16)
+    if window.get("stride") == (1, 3, 5):
+        geom = tri.Geometry(grid, window["kernel_size"], (1, 1, 1), window["stride"], (False,) * 3)
+        for name in ("fwd", "dq", "jvp"):
+            cfg = tri.GPU_CONFIGS[name]
+            p = tri.plan(geom, cfg.block_outer, cfg.block_inner, True)
+            assert math.prod(p.outer_tile) < cfg.block_outer and math.prod(p.inner_tile) < cfg.block_inner, (name, p)
     q, k, v = _qkv(grid, torch.bfloat16, D=64)
     geom = _full(window["kernel_size"], window.get("dilation", 1), window.get("stride", 1), window.get("is_causal", False))
     fn = lambda a, b, c: ck.neighborhood_attention_3d(a, b, c, grid, *geom, backend="triton")  # noqa: E731
@@ -457,3 +511,4 @@ def test_compile_report_of_the_triton_kernels():
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     for kernel in ("fwd", "bwd_dq", "bwd_dkdv", "jvp"):
         assert f"neighborhood_attention_{kernel}[bf16,D=128,24x44x80]" in res.stdout
+        assert f"neighborhood_attention_{kernel}[bf16,D=128,24x30x52]" in res.stdout  # padded tiles (fwd, dq, jvp)

@@ -6,10 +6,12 @@ Tiling
 Tokens stay where they are in memory ((B, S, heads, D), t-major); the kernels compute the address
 of every token they touch from its (t, h, w) coordinate, so there is no permutation pass. What is
 tiled is the *coordinate space* of one dilation group (coordinates x = X // d of the tokens with
-X % d == g, per axis): a tile is a box of QT×QH×QW queries (BLOCK_M = their product, a power of
-two, e.g. 4×4×8 = 128) or KT×KH×KW keys (BLOCK_N, e.g. 2×4×8 = 64). With the official window
-(full along T, stride (1, 4, 8)) a 4×8 (h, w) tile is exactly one stride group, so all its queries
-share one window and the keys it needs are exactly that window.
+X % d == g, per axis): a tile is a box of QT×QH×QW queries in BLOCK_M rows (a power of two, e.g.
+4×4×8 = 128) or KT×KH×KW keys in BLOCK_N rows (e.g. 2×4×8 = 64). With the official window (full
+along T, stride (1, 4, 8)) a 4×8 (h, w) tile is exactly one stride group, so all its queries share
+one window and the keys it needs are exactly that window. A box may be smaller than its rows (at
+480p the stride is (1, 3, 5): 8×3×5 = 120 queries in 128 rows, whole stride groups); the padding
+rows fall past the box along t, are loaded clamped, never stored, and as keys masked out.
 
 Forward, dq and JVP: one program per (query tile, batch·head). Window bounds are monotone in the
 query coordinate, so along each axis the union of the windows of a query tile [x0, x1] is the
@@ -38,15 +40,19 @@ the union's edge likewise (their scores masked), so no load needs a row mask; ro
 int32 unless S × stride could pass 2^31 (registers are the tight resource in the compile report).
 
 The tile shapes are chosen on the host (`plan`): per axis, the number of inner tiles visited (and
-of them masked) is counted exactly from the window formula for every power-of-two tile size; the
-counts are separable across axes, so the shape pair with the fewest visited tiles, then fewest
-masked ones, is found by a small search. On the official 720p windows (full along T, stride
-(1, 4, 8)) the plan computes exactly the attended pairs: no tile is partially covered.
+of them masked) is counted exactly from the window formula for every candidate tile size (powers
+of two, multiples of the stride, the axis extent); the counts are separable across axes, so the
+shape pair with the fewest visited tiles, then fewest masked ones, is found by a small search. On
+the official 720p windows (full along T, stride (1, 4, 8)) the plan computes exactly the attended
+pairs: no tile is partially covered. At 480p (stride (1, 3, 5)) tiles of whole stride groups bring
+the forward, dq and JVP from 1.3-1.5x the attended pairs (power-of-two boxes) to 1.13-1.2x; dk/dv
+keeps power-of-two boxes (padding gains it ~2% there and spills registers).
 """
 from __future__ import annotations
 
 import itertools
 import math
+import os
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
@@ -98,10 +104,17 @@ def _win_end(x, n, ks, st, CAUSAL: tl.constexpr):
 
 
 @triton.jit
-def _box(c0_t, c0_h, c0_w, A_T: tl.constexpr, A_H: tl.constexpr, A_W: tl.constexpr):
-    """Coordinates of the A_T×A_H×A_W box starting at (c0_t, c0_h, c0_w), w fastest."""
-    r = tl.arange(0, A_T * A_H * A_W)
+def _box(c0_t, c0_h, c0_w, A_T: tl.constexpr, A_H: tl.constexpr, A_W: tl.constexpr, ROWS: tl.constexpr):
+    """Coordinates of the A_T×A_H×A_W box starting at (c0_t, c0_h, c0_w), w fastest, in ROWS rows
+    (a power of two >= the box's size: the rows past it, padding, fall past the box along t)."""
+    r = tl.arange(0, ROWS)
     return c0_t + r // (A_H * A_W), c0_h + (r // A_W) % A_H, c0_w + r % A_W
+
+
+@triton.jit
+def _box_rows(A_T: tl.constexpr, A_H: tl.constexpr, A_W: tl.constexpr, ROWS: tl.constexpr):
+    """Which of the ROWS rows of a box are in it (the rest pad it to a power of two)."""
+    return tl.arange(0, ROWS) < A_T * A_H * A_W
 
 
 @triton.jit
@@ -222,9 +235,10 @@ def _na3d_fwd(Q, K, V, O, LSE, VISITS,
               CAUSAL_T: tl.constexpr, CAUSAL_H: tl.constexpr, CAUSAL_W: tl.constexpr,
               QT: tl.constexpr, QH: tl.constexpr, QW: tl.constexpr,
               KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, OFF64: tl.constexpr, DOT_PREC: tl.constexpr,
               UPCAST: tl.constexpr, COUNT_VISITS: tl.constexpr):
-    BLOCK_M: tl.constexpr = QT * QH * QW
+    PAD_N: tl.constexpr = KT * KH * KW < BLOCK_N
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // HEADS).to(tl.int64)
@@ -236,8 +250,8 @@ def _na3d_fwd(Q, K, V, O, LSE, VISITS,
     x0_t, x0_h, x0_w = it * QT, ih * QH, iw * QW
 
     # query rows: coordinates (clamped for padding rows) and token index
-    xt, xh, xw = _box(x0_t, x0_h, x0_w, QT, QH, QW)
-    row_ok = (xt < n_t) & (xh < n_h) & (xw < n_w)
+    xt, xh, xw = _box(x0_t, x0_h, x0_w, QT, QH, QW, BLOCK_M)
+    row_ok = (xt < n_t) & (xh < n_h) & (xw < n_w) & _box_rows(QT, QH, QW, BLOCK_M)
     xt = tl.minimum(xt, n_t - 1)
     xh = tl.minimum(xh, n_h - 1)
     xw = tl.minimum(xw, n_w - 1)
@@ -264,7 +278,7 @@ def _na3d_fwd(Q, K, V, O, LSE, VISITS,
         jh = (j // c_w) % c_h
         jt = j // (c_w * c_h)
         y0_t, y0_h, y0_w = u_lo_t + jt * KT, u_lo_h + jh * KH, u_lo_w + jw * KW
-        yt, yh, yw = _box(y0_t, y0_h, y0_w, KT, KH, KW)
+        yt, yh, yw = _box(y0_t, y0_h, y0_w, KT, KH, KW, BLOCK_N)
         # keys past the union (tile edge) load a clamped in-grid token; their scores are masked
         tok_k = _token(tl.minimum(yt, u_hi_t), tl.minimum(yh, u_hi_h), tl.minimum(yw, u_hi_w),
                        gt, gh, gw, DT, DH, DW, LH, LW, OFF64)
@@ -276,6 +290,8 @@ def _na3d_fwd(Q, K, V, O, LSE, VISITS,
         if partial:
             s = tl.where(_in_window(yt, yh, yw, xt, xh, xw, n_t, n_h, n_w, KS_T, KS_H, KS_W, ST_T, ST_H, ST_W,
                                      CAUSAL_T, CAUSAL_H, CAUSAL_W, False), s, _MASKED)
+        if PAD_N:  # padding keys (a tile smaller than its block) never count
+            s = tl.where(_box_rows(KT, KH, KW, BLOCK_N)[None, :], s, _MASKED)
         if COUNT_VISITS:
             n_masked += partial.to(tl.int32)
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -326,8 +342,9 @@ def _na3d_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
                  CAUSAL_T: tl.constexpr, CAUSAL_H: tl.constexpr, CAUSAL_W: tl.constexpr,
                  QT: tl.constexpr, QH: tl.constexpr, QW: tl.constexpr,
                  KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, OFF64: tl.constexpr, DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
-    BLOCK_M: tl.constexpr = QT * QH * QW
+    PAD_N: tl.constexpr = KT * KH * KW < BLOCK_N
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // HEADS).to(tl.int64)
@@ -338,8 +355,8 @@ def _na3d_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
     n_w = _group_size(LW, DW, gw)
     x0_t, x0_h, x0_w = it * QT, ih * QH, iw * QW
 
-    xt, xh, xw = _box(x0_t, x0_h, x0_w, QT, QH, QW)
-    row_ok = (xt < n_t) & (xh < n_h) & (xw < n_w)
+    xt, xh, xw = _box(x0_t, x0_h, x0_w, QT, QH, QW, BLOCK_M)
+    row_ok = (xt < n_t) & (xh < n_h) & (xw < n_w) & _box_rows(QT, QH, QW, BLOCK_M)
     xt = tl.minimum(xt, n_t - 1)
     xh = tl.minimum(xh, n_h - 1)
     xw = tl.minimum(xw, n_w - 1)
@@ -366,7 +383,7 @@ def _na3d_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
         jh = (j // c_w) % c_h
         jt = j // (c_w * c_h)
         y0_t, y0_h, y0_w = u_lo_t + jt * KT, u_lo_h + jh * KH, u_lo_w + jw * KW
-        yt, yh, yw = _box(y0_t, y0_h, y0_w, KT, KH, KW)
+        yt, yh, yw = _box(y0_t, y0_h, y0_w, KT, KH, KW, BLOCK_N)
         # keys past the union (tile edge) load a clamped in-grid token; their scores are masked
         tok_k = _token(tl.minimum(yt, u_hi_t), tl.minimum(yh, u_hi_h), tl.minimum(yw, u_hi_w),
                        gt, gh, gw, DT, DH, DW, LH, LW, OFF64)
@@ -378,6 +395,8 @@ def _na3d_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
         if partial:
             s = tl.where(_in_window(yt, yh, yw, xt, xh, xw, n_t, n_h, n_w, KS_T, KS_H, KS_W, ST_T, ST_H, ST_W,
                                      CAUSAL_T, CAUSAL_H, CAUSAL_W, False), s, _MASKED)
+        if PAD_N:  # padding keys (a tile smaller than its block) never count
+            s = tl.where(_box_rows(KT, KH, KW, BLOCK_N)[None, :], s, _MASKED)
         p = tl.math.exp2(s - lse2[:, None])
         dp = _mm(do, tl.trans(v), None, DOT_PREC, UPCAST)
         ds = p * (dp - delta[:, None])
@@ -398,9 +417,13 @@ def _na3d_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
                    CAUSAL_T: tl.constexpr, CAUSAL_H: tl.constexpr, CAUSAL_W: tl.constexpr,
                    KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                    QT: tl.constexpr, QH: tl.constexpr, QW: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    NPOW: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, OFF64: tl.constexpr,
                    DOT_PREC: tl.constexpr, UPCAST: tl.constexpr):
-    BLOCK_N: tl.constexpr = KT * KH * KW
+    # power-of-two tiles only (plan): padding its query tiles gains ~2% of the work at 480p and
+    # spills registers in this kernel
+    tl.static_assert(QT * QH * QW == BLOCK_M)
+    tl.static_assert(KT * KH * KW == BLOCK_N)
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // HEADS).to(tl.int64)
@@ -412,7 +435,7 @@ def _na3d_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
     y0_t, y0_h, y0_w = it * KT, ih * KH, iw * KW
 
     # key rows of this program (padding rows clamped: computed, never stored)
-    yt, yh, yw = _box(y0_t, y0_h, y0_w, KT, KH, KW)
+    yt, yh, yw = _box(y0_t, y0_h, y0_w, KT, KH, KW, BLOCK_N)
     key_ok = (yt < n_t) & (yh < n_h) & (yw < n_w)
     yt = tl.minimum(yt, n_t - 1)
     yh = tl.minimum(yh, n_h - 1)
@@ -440,7 +463,7 @@ def _na3d_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
         jh = (j // c_w) % c_h
         jt = j // (c_w * c_h)
         x0_t, x0_h, x0_w = qlo_t + jt * QT, qlo_h + jh * QH, qlo_w + jw * QW
-        xt, xh, xw = _box(x0_t, x0_h, x0_w, QT, QH, QW)
+        xt, xh, xw = _box(x0_t, x0_h, x0_w, QT, QH, QW, BLOCK_M)
         q_ok = (xt <= qhi_t) & (xh <= qhi_h) & (xw <= qhi_w)
         xt = tl.minimum(xt, qhi_t)
         xh = tl.minimum(xh, qhi_h)
@@ -489,9 +512,10 @@ def _na3d_jvp(Q, K, V, TQ, TK, TV, O, LSE, TO, TLSE,
               CAUSAL_T: tl.constexpr, CAUSAL_H: tl.constexpr, CAUSAL_W: tl.constexpr,
               QT: tl.constexpr, QH: tl.constexpr, QW: tl.constexpr,
               KT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, OFF64: tl.constexpr, DOT_PREC: tl.constexpr,
               UPCAST: tl.constexpr):
-    BLOCK_M: tl.constexpr = QT * QH * QW
+    PAD_N: tl.constexpr = KT * KH * KW < BLOCK_N
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // HEADS).to(tl.int64)
@@ -502,8 +526,8 @@ def _na3d_jvp(Q, K, V, TQ, TK, TV, O, LSE, TO, TLSE,
     n_w = _group_size(LW, DW, gw)
     x0_t, x0_h, x0_w = it * QT, ih * QH, iw * QW
 
-    xt, xh, xw = _box(x0_t, x0_h, x0_w, QT, QH, QW)
-    row_ok = (xt < n_t) & (xh < n_h) & (xw < n_w)
+    xt, xh, xw = _box(x0_t, x0_h, x0_w, QT, QH, QW, BLOCK_M)
+    row_ok = (xt < n_t) & (xh < n_h) & (xw < n_w) & _box_rows(QT, QH, QW, BLOCK_M)
     xt = tl.minimum(xt, n_t - 1)
     xh = tl.minimum(xh, n_h - 1)
     xw = tl.minimum(xw, n_w - 1)
@@ -530,7 +554,7 @@ def _na3d_jvp(Q, K, V, TQ, TK, TV, O, LSE, TO, TLSE,
         jh = (j // c_w) % c_h
         jt = j // (c_w * c_h)
         y0_t, y0_h, y0_w = u_lo_t + jt * KT, u_lo_h + jh * KH, u_lo_w + jw * KW
-        yt, yh, yw = _box(y0_t, y0_h, y0_w, KT, KH, KW)
+        yt, yh, yw = _box(y0_t, y0_h, y0_w, KT, KH, KW, BLOCK_N)
         tok_k = _token(tl.minimum(yt, u_hi_t), tl.minimum(yh, u_hi_h), tl.minimum(yw, u_hi_w),
                        gt, gh, gw, DT, DH, DW, LH, LW, OFF64)
         # ordered so that few [BLOCK_M, BLOCK_N] tiles are live at once (registers)
@@ -541,6 +565,8 @@ def _na3d_jvp(Q, K, V, TQ, TK, TV, O, LSE, TO, TLSE,
         if partial:
             s = tl.where(_in_window(yt, yh, yw, xt, xh, xw, n_t, n_h, n_w, KS_T, KS_H, KS_W, ST_T, ST_H, ST_W,
                                      CAUSAL_T, CAUSAL_H, CAUSAL_W, False), s, _MASKED)
+        if PAD_N:  # padding keys (a tile smaller than its block) never count
+            s = tl.where(_box_rows(KT, KH, KW, BLOCK_N)[None, :], s, _MASKED)
         p = tl.math.exp2(s - lse2[:, None])
         tk = _load_rows(tk_base, tok_k, stks, offs_d, D, EVEN_D)
         ts = _mm(tq, tl.trans(k), None, DOT_PREC, UPCAST)
@@ -587,11 +613,13 @@ class LaunchConfig:
 
 # H100 configurations (untuned on hardware: no GPU was available when they were written; they are
 # the usual FlashAttention-2-in-Triton choices for D=128, checked spill-free by the AOT report).
+# jvp: one warpgroup (4 warps) per 64-row tile; with 8 warps it sat at the 255-register cap at 720p
+# and spilled at 480p (16-24 B), with 4 it uses 221 / 240 registers and no spill.
 GPU_CONFIGS = {
     "fwd": LaunchConfig(128, 64, 8, 3),
     "dq": LaunchConfig(64, 64, 4, 3),
     "dkdv": LaunchConfig(64, 64, 8, 2),
-    "jvp": LaunchConfig(64, 64, 8, 2),
+    "jvp": LaunchConfig(64, 64, 4, 2),
 }
 # the interpreter: the smallest tiles tl.dot takes, so small test grids still span many tiles
 INTERPRETER_CONFIG = LaunchConfig(16, 16, 4, 1)
@@ -615,6 +643,25 @@ def _pow2_shapes(block: int):
     """(t, h, w) powers of two with product `block`, wide-w first (contiguous runs of tokens)."""
     e = int(math.log2(block))
     return [(1 << a, 1 << b, 1 << (e - a - b)) for a in range(e + 1) for b in range(e - a + 1)]
+
+
+def _axis_sizes(extent: int, stride: int) -> list[int]:
+    """Tile sizes worth trying along an axis besides powers of two: multiples of the window
+    stride (a tile of whole stride groups shares its windows: stride 3 or 5 at 480p) and the
+    axis extent itself, each at most the extent."""
+    return sorted({stride * m for m in range(1, extent // stride + 1)} | {extent})
+
+
+def tile_shapes(block: int, geom: Geometry) -> list[tuple[int, int, int]]:
+    """Candidate (t, h, w) tiles for `block` rows: the power-of-two boxes that fill it first (so
+    they win ties), then boxes of more than half of it built from _axis_sizes, padded to `block`
+    in the kernels (the padding rows are masked)."""
+    exact = _pow2_shapes(block)
+    per_axis = [sorted(set(_axis_sizes(geom.group_extent(ax), geom.stride[ax]))
+                       | {1 << e for e in range(int(math.log2(block)) + 1)}) for ax in range(3)]
+    padded = [s for s in itertools.product(*per_axis)
+              if block // 2 < math.prod(s) < block and s not in exact]
+    return exact + padded
 
 
 @lru_cache(maxsize=1024)
@@ -641,12 +688,27 @@ def _axis_visits(length: int, kernel: int, dilation: int, stride: int, causal: b
     return visits, unmasked
 
 
-@lru_cache(maxsize=256)
+PADDED_TILES_ENV = "COSMOS_KERNELS_NATTEN_PADDED_TILES"
+
+
 def plan(geom: Geometry, block_outer: int, block_inner: int, walk_keys: bool) -> TilePlan:
+    """_plan over every candidate tile for the query-tile programs (fwd, dq, jvp), over
+    power-of-two boxes only for dk/dv (padding gains it ~2% at 480p and spills registers there)
+    and everywhere with COSMOS_KERNELS_NATTEN_PADDED_TILES=0 (the earlier plan, kept selectable)."""
+    padded = walk_keys and os.environ.get(PADDED_TILES_ENV, "1") != "0"
+    return _plan(geom, block_outer, block_inner, walk_keys, padded)
+
+
+@lru_cache(maxsize=256)
+def _plan(geom: Geometry, block_outer: int, block_inner: int, walk_keys: bool, padded: bool) -> TilePlan:
     """The outer/inner tile shapes with the fewest visited inner tiles (the work is
-    visits × block_outer × block_inner), then the fewest masked ones; both factorise over axes."""
+    visits × block_outer × block_inner, padding included), then the fewest masked ones; both
+    factorise over axes. Tiles may be smaller than their blocks (tile_shapes): with a window
+    stride that is not a power of two, whole stride groups (e.g. 8×3×5 of 128 rows at 480p)
+    visit fewer key tiles than any power-of-two box."""
     best = None
-    for o, i in itertools.product(_pow2_shapes(block_outer), _pow2_shapes(block_inner)):
+    shapes = tile_shapes if padded else (lambda block, _: _pow2_shapes(block))
+    for o, i in itertools.product(shapes(block_outer, geom), shapes(block_inner, geom)):
         per_axis = [_axis_visits(geom.grid[ax], geom.kernel_size[ax], geom.dilation[ax], geom.stride[ax],
                                  geom.is_causal[ax], o[ax], i[ax], walk_keys) for ax in range(3)]
         visits = math.prod(v for v, _ in per_axis)
@@ -717,18 +779,20 @@ def _tensor_args(**tensors) -> dict:
     return out
 
 
-def _common(geom: Geometry, p: TilePlan, walk_keys: bool, q: torch.Tensor, *ts: torch.Tensor) -> tuple[dict, dict]:
+def _common(geom: Geometry, p: TilePlan, walk_keys: bool, cfg: LaunchConfig, q: torch.Tensor,
+            *ts: torch.Tensor) -> tuple[dict, dict]:
     """Runtime geometry arguments and the constexprs every attention kernel takes."""
     B, S, H, D = q.shape
     args = dict(HEADS=H, S=S, D=D, **_named("L", "T H W", geom.grid), **_named("KS_", "T H W", geom.kernel_size),
                 **_named("ST_", "T H W", geom.stride), **_named("D", "T H W", geom.dilation),
                 **_named("NT_", "T H W", p.tiles))
     q_tile, k_tile = (p.outer_tile, p.inner_tile) if walk_keys else (p.inner_tile, p.outer_tile)
+    q_rows, k_rows = (cfg.block_outer, cfg.block_inner) if walk_keys else (cfg.block_inner, cfg.block_outer)
     block_d = max(16, triton.next_power_of_2(D))
     # int32 row offsets (tok * stride) unless some tensor's token offsets can pass 2**31
     off64 = any(t.shape[1] * max(t.stride(1), 1) + t.shape[2] * t.stride(2) >= INT32_OFFSETS for t in (q, *ts))
     const = dict(**_named("CAUSAL_", "T H W", (bool(c) for c in geom.is_causal)), **_named("Q", "T H W", q_tile),
-                 **_named("K", "T H W", k_tile), BLOCK_D=block_d, EVEN_D=block_d == D, OFF64=off64,
+                 **_named("K", "T H W", k_tile), BLOCK_M=q_rows, BLOCK_N=k_rows, BLOCK_D=block_d, EVEN_D=block_d == D, OFF64=off64,
                  # fp32 inputs keep fp32 accuracy; 16-bit inputs ignore the precision
                  DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
                  # the interpreter's tl.dot misreads bf16 operands: multiply the same values in fp32
@@ -748,7 +812,7 @@ def _ordered(fn, args: dict) -> dict:
 
 def fwd_launch(q, k, v, out, lse, geom: Geometry, scale: float, cfg: LaunchConfig, visits=None) -> Launch:
     p = plan(geom, cfg.block_outer, cfg.block_inner, True)
-    args, const = _common(geom, p, True, q, k, v, out)
+    args, const = _common(geom, p, True, cfg, q, k, v, out)
     args.update(_tensor_args(Q=q, K=k, V=v, O=out), LSE=lse, VISITS=visits if visits is not None else lse,
                 qk_scale=scale * LOG2E)
     const["COUNT_VISITS"] = visits is not None
@@ -766,7 +830,7 @@ def delta_launch(out, grad_out, grad_lse, delta) -> Launch:
 
 def dq_launch(q, k, v, grad_out, lse, delta, dq, geom: Geometry, scale: float, cfg: LaunchConfig) -> Launch:
     p = plan(geom, cfg.block_outer, cfg.block_inner, True)
-    args, const = _common(geom, p, True, q, k, v, grad_out, dq)
+    args, const = _common(geom, p, True, cfg, q, k, v, grad_out, dq)
     args.update(_tensor_args(Q=q, K=k, V=v, DO=grad_out, DQ=dq), LSE=lse, DELTA=delta, qk_scale=scale * LOG2E,
                 sm_scale=scale)
     return Launch("bwd_dq", _na3d_bwd_dq, (p.programs, q.shape[0] * q.shape[2]), _ordered(_na3d_bwd_dq, args), const,
@@ -775,7 +839,7 @@ def dq_launch(q, k, v, grad_out, lse, delta, dq, geom: Geometry, scale: float, c
 
 def dkdv_launch(q, k, v, grad_out, lse, delta, dk, dv, geom: Geometry, scale: float, cfg: LaunchConfig) -> Launch:
     p = plan(geom, cfg.block_outer, cfg.block_inner, False)
-    args, const = _common(geom, p, False, q, k, v, grad_out, dk, dv)
+    args, const = _common(geom, p, False, cfg, q, k, v, grad_out, dk, dv)
     args.update(_tensor_args(Q=q, K=k, V=v, DO=grad_out, DK=dk, DV=dv), LSE=lse, DELTA=delta,
                 qk_scale=scale * LOG2E, sm_scale=scale)
     const["NPOW"] = triton.next_power_of_2(max(geom.group_extent(ax) for ax in range(3)))
@@ -785,7 +849,7 @@ def dkdv_launch(q, k, v, grad_out, lse, delta, dk, dv, geom: Geometry, scale: fl
 
 def jvp_launch(q, k, v, tq, tk, tv, out, lse, t_out, t_lse, geom: Geometry, scale: float, cfg: LaunchConfig) -> Launch:
     p = plan(geom, cfg.block_outer, cfg.block_inner, True)
-    args, const = _common(geom, p, True, q, k, v, tq, tk, tv, out, t_out)
+    args, const = _common(geom, p, True, cfg, q, k, v, tq, tk, tv, out, t_out)
     args.update(_tensor_args(Q=q, K=k, V=v, TQ=tq, TK=tk, TV=tv, O=out, TO=t_out), LSE=lse, TLSE=t_lse,
                 qk_scale=scale * LOG2E, sm_scale=scale)
     return Launch("jvp", _na3d_jvp, (p.programs, q.shape[0] * q.shape[2]), _ordered(_na3d_jvp, args), const, cfg)
@@ -849,12 +913,14 @@ def _aot_specs() -> list[AotSpec]:
         q, k, v, o, do, tq, tk, tv = (torch.empty(1, S, H, D, dtype=dtype, device="meta") for _ in range(8))
         rows = torch.empty(1, H, S, dtype=torch.float32, device="meta")
         label = f"{_TRITON_DTYPES[dtype]},D={D},{'x'.join(map(str, geom.grid))}"
-        launches = [fwd_launch(q, k, v, o, rows, geom, 0.1, GPU_CONFIGS["fwd"])]
+        # every attention kernel at both grids (480p: stride (1, 3, 5), tiles of whole stride groups
+        # padded to their blocks); the delta kernel does not depend on the window
+        launches = [fwd_launch(q, k, v, o, rows, geom, 0.1, GPU_CONFIGS["fwd"]),
+                    dq_launch(q, k, v, do, rows, rows, q, geom, 0.1, GPU_CONFIGS["dq"]),
+                    dkdv_launch(q, k, v, do, rows, rows, k, v, geom, 0.1, GPU_CONFIGS["dkdv"]),
+                    jvp_launch(q, k, v, tq, tk, tv, o, rows, o, rows, geom, 0.1, GPU_CONFIGS["jvp"])]
         if geom is official:
-            launches += [delta_launch(o, do, rows, rows),
-                         dq_launch(q, k, v, do, rows, rows, q, geom, 0.1, GPU_CONFIGS["dq"]),
-                         dkdv_launch(q, k, v, do, rows, rows, k, v, geom, 0.1, GPU_CONFIGS["dkdv"]),
-                         jvp_launch(q, k, v, tq, tk, tv, o, rows, o, rows, geom, 0.1, GPU_CONFIGS["jvp"])]
+            launches.append(delta_launch(o, do, rows, rows))
         specs += [launch.aot_spec(label) for launch in launches]
     return specs
 
