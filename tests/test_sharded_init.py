@@ -89,3 +89,76 @@ def test_a_parameter_no_submodule_initializes_is_an_error():
     model.to_empty(device="cpu")
     with pytest.raises(RuntimeError, match=r"initialized no submodule holding \['scale'\]"):
         sharded_init.initialize(model, shadow, "cpu")
+
+
+# ------------------------------------------------------------------------------------------ loading
+def test_load_copies_each_rank_its_piece_and_is_strict():
+    """Simulated rank 1 of 4 loading a full (CPU) state dict: each parameter gets chunk 1 of its
+    entry; a missing entry, an entry no parameter reads and a mis-shaped one are errors."""
+    torch.manual_seed(3)
+    full = cm.build("tiny", "cpu", torch.float32).state_dict()
+    model = _allocate(cm.build("tiny", "meta", torch.float32), _rank_1_of_4)
+    piece = lambda target, tensor: (target, _rank_1_of_4(tensor))  # noqa: E731
+    sharded_init.load(model, {k: v.to(torch.bfloat16) for k, v in full.items()}, piece=piece)
+    for k, p in model.state_dict().items():
+        assert p.dtype == torch.float32 and torch.equal(p, _rank_1_of_4(full[k].to(torch.bfloat16).float())), k
+    first = next(iter(full))
+    with pytest.raises(RuntimeError, match=rf"1 parameter\(s\) without an entry \['{first}'\]"):
+        sharded_init.load(model, {k: v for k, v in full.items() if k != first}, piece=piece)
+    with pytest.raises(RuntimeError, match=r"1 entr\(ies\) no parameter reads \['extra'\]"):
+        sharded_init.load(model, {**full, "extra": torch.zeros(1)}, piece=piece)
+    with pytest.raises(RuntimeError, match=rf"{first}: entry {first} of shape \(1,\) gives this rank"):
+        sharded_init.load(model, {**full, first: torch.zeros(1)}, piece=piece)
+
+
+def _adapters_on_two_ranks(path):
+    """Rank r of 2: the tiny DiT with LoRA built on meta, FSDP2-sharded, allocated, loaded from `path`
+    and its adapters initialized: the gathered weights."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from cosmos_models.nets import checkpoint
+    from cosmos_models.training import lora
+
+    dist.init_process_group("gloo")
+    try:
+        model = cm.build("tiny", "meta", torch.float32)
+        lora.add_lora(model, 4, 8.0)
+        mesh = init_device_mesh("cpu", (2,))
+        for block in model.blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        model.to_empty(device="cpu")
+        weights = checkpoint.matched_state_dict(checkpoint.meta_network(cm.get_config("tiny")), path)
+        sharded_init.load(model, weights, key=lora.base_name, skip=lora.is_adapter_key)
+        lora.init_adapters(model, 5)
+        return {k: v.full_tensor().numpy() for k, v in model.state_dict().items()}  # by value through the queue
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_load_and_adapters_equal_one_process(tmp_path):
+    """Two FSDP2 ranks loading a checkpoint shard by shard and initializing LoRA adapters end with
+    the weights one process has: the checkpoint's, and the same adapters (layout-independent)."""
+    pytest.importorskip("peft")
+    from cosmos_models.training import lora
+    from tests import helpers
+
+    torch.manual_seed(4)
+    base = cm.build("tiny", "cpu", torch.float32)
+    path = str(tmp_path / "base.safetensors")
+    cm.save_checkpoint(base, path)
+    one = cm.build("tiny", "cpu", torch.float32)
+    cm.load_checkpoint(one, path)
+    lora.add_lora(one, 4, 8.0)
+    assert lora.init_adapters(one, 5) > 0
+    expect = one.state_dict()
+    results = helpers.run_ranks(_adapters_on_two_ranks, path, world=2, timeout=100)
+    for rank, got in results.items():
+        assert list(got) == list(expect)
+        for k in expect:
+            assert torch.equal(torch.from_numpy(got[k]), expect[k]), (rank, k)
+    b = [v for k, v in expect.items() if ".lora_B." in k]
+    a = [v for k, v in expect.items() if ".lora_A." in k]
+    assert b and all(not v.any() for v in b) and all(v.std() > 0 for v in a)

@@ -323,3 +323,39 @@ def test_cli_tiny_run_under_torchrun(tmp_path):
     model = cm.build("tiny")
     cm.load_checkpoint(model, str(out / "ema.safetensors"))
     assert os.path.isfile(out / "vae" / "config.json")
+
+
+def test_setup_builds_every_network_on_meta(tmp_path, clips, monkeypatch):
+    """From scratch, with --init and with --init --lora the trainer builds its networks on the meta
+    device only (then shards, allocates and loads or initializes them): no full model on the device."""
+    import cosmos_models.training.trainer as trainer_module
+
+    base = tmp_path / "base.safetensors"
+    real_build = cm.build
+    cm.save_checkpoint(real_build("tiny", "cpu", torch.float32), str(base))
+    devices = []
+
+    def build(*args, **kwargs):
+        devices.append(str(kwargs.get("device", args[1] if len(args) > 1 else None)))
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.cm, "build", build)
+    runs = [dict(), dict(init=str(base))]
+    try:
+        import peft  # noqa: F401
+        runs.append(dict(init=str(base), lora="4"))
+    except ImportError:
+        pass
+    for i, extra in enumerate(runs):
+        trainer = Trainer(config(tmp_path / f"run{i}", clips, steps=1, **extra))
+        try:
+            trainer.setup()
+            if "init" in extra:  # the loaded weights are the file's
+                plain = {k.replace(".base_layer.", "."): v for k, v in trainer.model.state_dict().items()
+                         if ".lora_" not in k}
+                expect = real_build("tiny", "cpu", torch.float32)
+                cm.load_checkpoint(expect, str(base))
+                assert all(torch.equal(plain[k].full_tensor(), v) for k, v in expect.state_dict().items())
+        finally:
+            trainer.close()
+    assert devices and set(devices) == {"meta"}, devices

@@ -48,9 +48,10 @@ from torch import Tensor
 import cosmos_models as cm
 from cosmos_models.data.clips import fit_text
 from cosmos_models.distill import rcm as distill
+from cosmos_models.nets import checkpoint
 from cosmos_models.nets.checkpoint import config_from_checkpoint, write_weights
 from cosmos_models.training import objective as flow
-from cosmos_models.training import parallel, sac
+from cosmos_models.training import parallel, sac, sharded_init
 from cosmos_models.training.ema import EMA
 from cosmos_models.training.runner import Run, RunConfig, RunShape, resolve_run
 
@@ -148,18 +149,20 @@ class Distiller(Run):
                            f"FSDP2; one process runs the networks unsharded in fp32 instead of {r.precision}")
             compute = None
 
-        holder = cm.build(self.model_cfg, device="cpu", dtype=torch.float32)
-        cm.load_checkpoint(holder, cfg.teacher, prefer_ema=True)
-        weights = holder.state_dict()
-        del holder
+        # the teacher's weights once on the CPU (as stored); each network is built on meta, sharded,
+        # allocated shard by shard and loaded from them: no GPU holds a full network
+        weights = checkpoint.matched_state_dict(checkpoint.meta_network(self.model_cfg), cfg.teacher, prefer_ema=True)
 
         def network(grad: bool, policy: str = "none"):
-            net = cm.build(self.model_cfg, device=lay.device, dtype=torch.float32, cp_group=lay.cp_group)
+            net = cm.build(self.model_cfg, device="meta", dtype=torch.float32, cp_group=lay.cp_group)
             net.set_context_parallel_group(lay.cp_group, overlap_chunks=cfg.cp_overlap_chunks)
-            net.load_state_dict(weights, strict=True)
             net.requires_grad_(grad)
             sac.apply(net, policy)
-            return parallel.shard_model(net, lay, compute) if self.sharded else net
+            if self.sharded:
+                parallel.shard_model(net, lay, compute)
+            net.to_empty(device=lay.device)
+            sharded_init.load(net, weights)
+            return net
 
         self.rcm = rcm_config(cfg, one_pass_jvp=sac.check_policy(r.sac) is None)
         self.teacher = network(False)

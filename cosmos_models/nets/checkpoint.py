@@ -161,6 +161,20 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, *, prefer_ema: bool = 
     """Load official, diffusers or our names into `model` strictly (missing/unexpected/mis-shaped
     entries raise a CheckpointMismatch listing them). Works on meta-device models (the tensors are
     assigned). `notes` collects what the reader dropped or chose (non-tensor entries, DCP entries)."""
+    sd = matched_state_dict(model, path_or_state_dict, prefer_ema=prefer_ema, notes=notes)
+    expected = model.state_dict()
+    on_meta = any(t.is_meta for t in expected.values())
+    if on_meta:
+        sd = {k: v.to(expected[k].dtype) for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True, assign=on_meta)
+    return model
+
+
+def matched_state_dict(model: nn.Module, path_or_state_dict, *, prefer_ema: bool = False,
+                       notes: list[str] | None = None) -> dict[str, Tensor]:
+    """The checkpoint (a path or a state dict in any supported layout) in our names, checked strictly
+    against `model`'s names and (global) shapes: a CheckpointMismatch lists what is missing,
+    unexpected or mis-shaped. `model` may be on the meta device; nothing is loaded into it."""
     raw = path_or_state_dict if isinstance(path_or_state_dict, Mapping) else read_state_dict(
         path_or_state_dict, prefer_ema=prefer_ema, notes=notes)
     sd = to_ours(raw, prefer_ema=prefer_ema)
@@ -175,11 +189,7 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, *, prefer_ema: bool = 
                          f"({type(model).__name__}, config {getattr(getattr(model, 'config', None), 'name', '?')}):"
                          + _listing("missing", missing) + _listing("unexpected", unexpected)
                          + _listing("shape mismatch", shapes))
-    on_meta = any(t.is_meta for t in expected.values())
-    if on_meta:
-        sd = {k: v.to(expected[k].dtype) for k, v in sd.items()}
-    model.load_state_dict(sd, strict=True, assign=on_meta)
-    return model
+    return sd
 
 
 def _listing(what: str, keys: list[str], limit: int = 20) -> str:
@@ -208,7 +218,7 @@ def _file_metadata(config) -> dict[str, str]:
     return {"format": "cosmos_models", **({"config": config.name} if config is not None else {})}
 
 
-def _meta_network(config) -> torch.nn.Module:
+def meta_network(config) -> torch.nn.Module:
     """`config`'s network on the meta device: its parameter names and shapes, no memory."""
     from cosmos_models.nets.registry import model_class
 
@@ -231,7 +241,7 @@ def write_weights(config, weights: Mapping[str, Tensor] | None, path: str | os.P
     file renamed into place). `weights` None (a rank that holds no gathered copy) writes nothing."""
     if weights is None:
         return
-    holder = _meta_network(config)
+    holder = meta_network(config)
     holder.load_state_dict(weights, assign=True, strict=True)
     tmp = f"{os.fspath(path)}.tmp.{os.getpid()}"
     save_checkpoint(holder, tmp)
@@ -252,7 +262,7 @@ def write_weights_streamed(config, tensors, path: str | os.PathLike, *, write: b
     import json
     import struct
 
-    expected = _meta_network(config).state_dict()
+    expected = meta_network(config).state_dict()
     header, offset, order = {}, 0, []
     for name, v in expected.items():
         nbytes = v.numel() * v.element_size()
@@ -310,7 +320,7 @@ def detect_config(state_dict: Mapping[str, Tensor]) -> str | None:
         cfg = get_config(name)
         if width is not None and width[0] != cfg.model_channels:
             continue  # cheap filter before building
-        model = _meta_network(cfg)
+        model = meta_network(cfg)
         if {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes:
             return name
     return None

@@ -13,10 +13,16 @@ other parameter is frozen: only the adapters are in the optimizer, the EMA and t
 weights come from --init each time, which run.json records); at the end the EMA adapters are written on
 their own (<out>/lora.safetensors, with rank, alpha and targets as metadata) and merged into the base
 (<out>/ema.safetensors, plain names, loadable anywhere).
+
+Adapter init (`init_adapters`): A kaiming-uniform (a = sqrt(5), peft's default), B zero, drawn per
+layer from a generator seeded by (seed, layer index), on the CPU, whole: the same values for any
+process layout and device, and computable after the model is sharded (each rank copies its piece),
+so a LoRA run never materializes the full base model on a GPU (the trainer builds it on meta).
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import torch
@@ -82,6 +88,29 @@ def add_lora(model: nn.Module, rank: int, alpha: float, targets: tuple[str, ...]
 
 def is_adapter_key(name: str) -> bool:
     return ".lora_" in name
+
+
+def base_name(name: str) -> str:
+    """A wrapped layer's base parameter under its plain name (checkpoints hold plain names)."""
+    return name.replace(".base_layer.", ".")
+
+
+def init_adapters(model: nn.Module, seed: int) -> int:
+    """Set every adapter of `model` (plain, or sharded by FSDP2 and allocated): lora_A
+    kaiming-uniform from a per-layer CPU generator (seed, index of the layer), lora_B zero (see the
+    module docstring). Returns the number of adapted layers."""
+    from cosmos_models.training.sharded_init import dtensor_shard
+
+    layers = [m for m in model.modules() if hasattr(m, "lora_A") and ADAPTER in m.lora_A]
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
+            full_a = nn.init.kaiming_uniform_(torch.empty(a.shape), a=math.sqrt(5), generator=gen)
+            for target, full in ((a, full_a), (b, torch.zeros(b.shape))):
+                local, part = dtensor_shard(target, full)
+                local.copy_(part)
+    return len(layers)
 
 
 def merged_state_dict(state: dict[str, Tensor], rank: int, alpha: float, scale: float = 1.0) -> dict[str, Tensor]:

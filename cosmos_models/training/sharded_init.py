@@ -10,10 +10,14 @@ meta *shadow* whose submodules are materialized one at a time, just before their
 init (one DiT block: ~1.5 GB for 14B), each rank copies its shard out, and the submodule goes back
 to meta. The random-number stream is consumed in exactly the order `cm.build` consumes it, so
 the weights are the ones `cm.build(cfg, device)` would have made with the same seed.
+
+Loading (`load`: --init, the distiller's teacher weights) is the same without the shadow: each rank
+copies its piece of every full tensor of a state dict (on the CPU) into its allocated shards, so
+the device never holds more than the shards.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -45,14 +49,40 @@ def _local(p: Tensor) -> Tensor:
     return p.to_local() if isinstance(p, DTensor) else p
 
 
+def load(model: nn.Module, state_dict: Mapping[str, Tensor], *, key: Callable[[str], str] = lambda name: name,
+         skip: Callable[[str], bool] = lambda name: False,
+         piece: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] = dtensor_shard) -> None:
+    """Copy this rank's piece of every full tensor of `state_dict` into `model`'s (sharded,
+    allocated) parameters, cast to their dtype. Parameter `name` reads state_dict[key(name)];
+    parameters with skip(name) are left alone (e.g. LoRA adapters, initialized apart). Strict: a
+    parameter without its entry, an entry no parameter reads, or a shape that differs is an error."""
+    targets = {name: p for name, p in model.named_parameters() if not skip(name)}
+    wanted = {key(name): name for name in targets}
+    missing = sorted(k for k in wanted if k not in state_dict)
+    unused = sorted(set(state_dict) - set(wanted))
+    if missing or unused:
+        raise RuntimeError(f"sharded load: {len(missing)} parameter(s) without an entry {missing[:5]}, "
+                           f"{len(unused)} entr(ies) no parameter reads {unused[:5]}")
+    with torch.no_grad():
+        for k, name in wanted.items():
+            full = state_dict[k]
+            local, part = piece(targets[name], full)
+            if local.shape != part.shape:
+                raise RuntimeError(f"sharded load: {name}: entry {k} of shape {tuple(full.shape)} gives this rank "
+                                   f"{tuple(part.shape)}, its shard is {tuple(local.shape)}")
+            local.copy_(part)
+
+
 def initialize(model: nn.Module, shadow: nn.Module, device: torch.device | str, *,
+               skip: Callable[[str], bool] = lambda name: False,
                piece: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] = dtensor_shard) -> None:
     """Fill `model`'s (sharded, allocated) parameters with the weights `shadow.reset_parameters()`
     draws. `shadow`: the same network on the meta device, unsharded (same parameter names).
-    `piece(target, full) -> (local, part)`: where `full` goes in `target` (default: FSDP2 shards).
-    Seed the random generator before calling, as before `cm.build`."""
+    Parameters with skip(name) are neither written nor checked (e.g. LoRA adapters, whose init
+    is their own). `piece(target, full) -> (local, part)`: where `full` goes in `target` (default:
+    FSDP2 shards). Seed the random generator before calling, as before `cm.build`."""
     device = torch.device(device)
-    targets = dict(model.named_parameters())
+    targets = {name: p for name, p in model.named_parameters() if not skip(name)}
     names = {m: name for name, m in shadow.named_modules()}
     written: set[str] = set()
     active = [False]
@@ -70,6 +100,8 @@ def initialize(model: nn.Module, shadow: nn.Module, device: torch.device | str, 
                     reset(*args, **kwargs)
                     prefix = names[module]
                     for name, full in module.named_parameters(prefix=prefix):
+                        if skip(name):
+                            continue
                         local, part = piece(targets[name], full)
                         if local.shape != part.shape:
                             raise RuntimeError(f"sharded init: {name}: local shard {tuple(local.shape)} "

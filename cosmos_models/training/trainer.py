@@ -70,7 +70,7 @@ from torch import Tensor
 import cosmos_models as cm
 from cosmos_kernels import ulysses
 from cosmos_models.data import prepare
-from cosmos_models.nets import flops
+from cosmos_models.nets import checkpoint, flops
 from cosmos_models.training import lora, objective as flow
 from cosmos_models.training import optim, parallel, sac, sharded_init
 from cosmos_models.training.ema import EMA
@@ -256,29 +256,34 @@ class Trainer(Run):
     def setup(self) -> None:
         cfg, lay, r = self.cfg, self.layout, self.r
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        # from scratch, the model is built on the meta device, sharded there and initialized module by
-        # module (training/sharded_init.py): no rank holds the full fp32 weights (56 GB for 14B). With
-        # --init or --lora the full model is built first (loading and adapters work on whole tensors).
-        streamed = cfg.init is None and cfg.lora is None
-        self.model = cm.build(self.model_cfg, device="meta" if streamed else lay.device, dtype=torch.float32,
-                              cp_group=lay.cp_group)
+        # the model is built on the meta device (adapters included), sharded there, allocated shard by
+        # shard, then loaded (--init) or initialized module by module (training/sharded_init.py): no
+        # GPU holds the full fp32 weights (56 GB for 14B), only its shards
+        self.model = cm.build(self.model_cfg, device="meta", dtype=torch.float32, cp_group=lay.cp_group)
         self.model.set_context_parallel_group(lay.cp_group, overlap_chunks=cfg.cp_overlap_chunks)
-        if cfg.init is not None:
-            cm.load_checkpoint(self.model, cfg.init)
         self.lora = None
-        if cfg.lora is not None:  # adapters on the loaded base, everything else frozen
+        if cfg.lora is not None:  # adapters beside the base projections, everything else frozen
             rank, alpha = lora.parse_lora(cfg.lora)
             targets = lora.parse_targets(cfg.lora_targets)
-            torch.manual_seed(cfg.seed + 1)  # the adapters' A init, the same on every rank
             lora.add_lora(self.model, rank, alpha, targets)
             self.lora = {"rank": rank, "alpha": alpha, "targets": list(targets)}
+        # checked against the plain network before anything is allocated (a mismatch costs nothing)
+        init = None if cfg.init is None else checkpoint.matched_state_dict(
+            checkpoint.meta_network(self.model_cfg), cfg.init)
         self.checkpointed_blocks = sac.apply(self.model, r.sac)
         parallel.shard_model(self.model, lay, self.compute_dtype)
-        if streamed:
-            self.model.to_empty(device=lay.device)
+        self.model.to_empty(device=lay.device)
+        if init is not None:
+            sharded_init.load(self.model, init, key=lora.base_name, skip=lora.is_adapter_key)
+            del init
+        else:
             torch.manual_seed(cfg.seed)  # the stream cm.build would have drawn: the same weights
-            sharded_init.initialize(self.model, cm.build(self.model_cfg, device="meta", dtype=torch.float32),
-                                    lay.device)
+            shadow = cm.build(self.model_cfg, device="meta", dtype=torch.float32)
+            if self.lora is not None:
+                lora.add_lora(shadow, self.lora["rank"], self.lora["alpha"], targets)
+            sharded_init.initialize(self.model, shadow, lay.device, skip=lora.is_adapter_key)
+        if self.lora is not None:
+            lora.init_adapters(self.model, cfg.seed + 1)  # the same on every rank and layout
         self.optimizer = optim.adamw(self.model, r.lr, r.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, r.warmup, cfg.steps, cfg.final_lr_ratio))
