@@ -9,7 +9,9 @@ Targets on H100: forward ≥ 0.9× the best SDPA backend, backward ≥ 0.8×, fo
 own forward (`x_fwd` column).
 
 Side by side (issue 19): each forward variant of the Triton backend (fa2, the default; tma; tma_ws)
-as `ours:triton:<variant>`, the one-pass backward as `ours:triton:one-pass`, FlexAttention (compiled,
+as `ours:triton:<variant>`, the one-pass backward as `ours:triton:one-pass`, the JVP pass and the
+backward kernels per variant launched directly (`ours:triton:jvp:<variant>`, `ours:triton:bwd:<variant>`,
+`ours:triton:one-pass:<variant>`, FA2 among them as the same-run baseline), FlexAttention (compiled,
 GPU only) as a peer, and GB/s: the compulsory HBM bytes (q, k, v read and o written once; the
 backward reads q, k, v, o, dO and writes dq, dk, dv) over the time.
 
@@ -155,6 +157,8 @@ def _bench_shape(shape, dtype, device, quick) -> list[dict]:
 
     rows += _variant_rows(shape, dtype, device, quick, large, q, k, v, grad, expect_out, expect_grads, ref_name,
                           peer_ms, fwd_flops)
+    rows += _kernel_variant_rows(shape, dtype, device, quick, large, q, k, v, grad, tangents, expect_grads, ref_name,
+                                 expect_t, t_ref, fwd_flops)
     rows += _flex_rows(shape, dtype, device, quick, large, q, k, v, grad, fwd_flops)
     rows += _jvp_peer_rows(shape, dtype, device, quick, large, q, k, v, tangents, fwd_flops)
     return rows
@@ -197,6 +201,48 @@ def _variant_rows(shape, dtype, device, quick, large, q, k, v, grad, expect_out,
                              vs_peer=best["bwd"] / ms if best["bwd"] else None, ref=ref_name))
         except Exception as exc:  # noqa: BLE001
             rows.append(_failed("flash_attention.bwd", shape, dtype, impl, exc))
+    return rows
+
+
+def _kernel_variant_rows(shape, dtype, device, quick, large, q, k, v, grad, tangents, expect_grads, ref_name,
+                         expect_t, t_ref, fwd_flops) -> list[dict]:
+    """The JVP pass and the backward kernels per variant, launched directly (no autograd around
+    them), FA2 included so each TMA row has its baseline measured the same way in the same run:
+    `ours:triton:jvp:<variant>`, `ours:triton:bwd:<variant>` (dK/dV and dQ kernels) and
+    `ours:triton:one-pass:<variant>`."""
+    if "triton" not in ours_backends("flash_attention", device):
+        return []
+    import importlib
+    fa = importlib.import_module("cosmos_kernels.triton.flash_attention")
+    D = shape[-1]
+    scale = ref.default_scale(D)
+    out, lse = fa.forward(q, k, v, scale)
+    tangent = None if expect_t is None else (expect_t,)
+    runs = [("flash_attention_jvp", f"ours:triton:jvp:{variant}", 3 * fwd_flops, tangent, t_ref,
+             lambda cfg=fa.config("jvp", D, dtype, variant): fa.forward_jvp(q, k, v, *tangents, scale, cfg)[1:2])
+            for variant in fa.variants("jvp", dtype)]
+    runs += [("flash_attention.bwd", f"ours:triton:bwd:{variant}", 2.5 * fwd_flops, expect_grads, ref_name,
+              lambda cfgs={"dkdv": fa.config("dkdv", D, dtype, variant), "dq": fa.config("dq", D, dtype, variant)}:
+              fa.backward(grad, q, k, v, out, lse, scale, None, True, cfgs))
+             for variant in fa.variants("dkdv", dtype)]
+    if fa.one_pass_backward(D, dtype):
+        runs += [("flash_attention.bwd", f"ours:triton:one-pass:{variant}", 2.5 * fwd_flops, expect_grads, ref_name,
+                  lambda cfgs={"bwd_fused": fa.config("bwd_fused", D, dtype, variant)}:
+                  fa.backward(grad, q, k, v, out, lse, scale, None, False, cfgs))
+                 for variant in fa.variants("bwd_fused", dtype)]
+    rows = []
+    for op, impl, flops, expect, ref_label, fn in runs:
+        try:
+            got = fn()
+            err = max(rel_err(g, e) for g, e in zip(got, expect)) if expect is not None else None
+            tol = threshold(dtype, grad=True)
+            if ref_label and ref_label.startswith("central"):
+                tol = max(tol, FD_TOLERANCE)
+            ms = _timed(fn, device, quick, large)
+            rows.append(_row(op, shape, dtype, impl, ms, flops, rel_err=err, ok=None if err is None else err <= tol,
+                             ref=ref_label))
+        except Exception as exc:  # noqa: BLE001 - reported as a row, the other variants still run
+            rows.append(_failed(op, shape, dtype, impl, exc))
     return rows
 
 

@@ -29,14 +29,18 @@ def test_full_report_passes(tmp_path):
     # the Hopper variants: TMA copies in every one, a warp-specialized loop in the _ws ones, and
     # the boolean `tma` field on every row (False where the kernel moves data by pointers)
     assert all(isinstance(r["tma"], bool) for r in rows)
-    hopper = {r["kernel"]: r for r in rows if r["kernel"].startswith("flash_attention:fwd_tma")}
+    hopper = {r["kernel"]: r for r in rows if "_tma" in r["kernel"] and r["kernel"].startswith("flash_attention:")}
     for dtype in ("bf16", "fp16"):
         for d in (64, 128):
-            for variant in ("tma", "tma_ws"):
-                r = hopper.get(f"flash_attention:fwd_{variant}[{dtype},D={d}]")
-                assert r is not None, f"no {variant} forward for {dtype} D={d} in the report"
-                assert r["wgmma"] and r["tma"] and r["spill_bytes"] == 0, r
-                assert r["warp_specialized"] == (variant == "tma_ws"), r
+            for kernel, offered in (("fwd", ("tma", "tma_ws")), ("jvp", ("tma", "tma_ws")), ("bwd_dkdv", ("tma",)),
+                                    ("bwd_dq", ("tma",))):
+                for variant in offered:
+                    r = hopper.get(f"flash_attention:{kernel}_{variant}[{dtype},D={d}]")
+                    assert r is not None, f"no {variant} {kernel} for {dtype} D={d} in the report"
+                    assert r["wgmma"] and r["tma"] and r["spill_bytes"] == 0, r
+                    assert r["warp_specialized"] == (variant == "tma_ws"), r
+    # the widened JVP tile: 64-key blocks at D=128 (the FA2 JVP needs 32 there), spill-free
+    assert "BLOCK_N=64" in hopper["flash_attention:jvp_tma[bf16,D=128]"]["config"]
     assert not any(r["tma"] for r in rows if r["kernel"].startswith("flash_attention:fwd[")), \
         "the FA2 forward should move data by pointers, not TMA"
     assert any(r["kernel"].startswith("flash_attention:bwd_fused[bf16,D=128]") for r in rows)

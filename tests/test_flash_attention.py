@@ -80,6 +80,36 @@ def test_forward_variants(dtype, shape):
 
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="needs the triton backend")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[2]])
+def test_jvp_and_backward_variants(dtype, shape):
+    """Every variant this Triton offers of the JVP pass (FA2; TMA; warp-specialized TMA) and of the
+    backward kernels (dK/dV, dQ, the one-pass dK/dV/dQ: FA2; TMA), each at its own built-in tile,
+    against the reference: ragged tails, padded head dim."""
+    q, k, v = _qkv(*shape, dtype)
+    tq, tk, tv, grad = (torch.randn_like(t) for t in (q, k, v, q))
+    D, scale = shape[-1], ref.default_scale(shape[-1])
+    e_out, e_tout = ref.attention_jvp(*(t.double() for t in (q, k, v, tq, tk, tv)), scale)[:2]
+    for variant in fa_triton.variants("jvp", dtype):
+        out, out_t, _, _ = fa_triton.forward_jvp(q, k, v, tq, tk, tv, scale, fa_triton.config("jvp", D, dtype, variant))
+        _check(out, e_out, dtype, "triton", name=f"jvp {variant} output")
+        _check(out_t, e_tout, dtype, "triton", grad=True, name=f"jvp {variant} tangent")
+    out, lse = fa_triton.forward(q, k, v, scale)
+    expect = _ref_grads(q, k, v, grad, scale)
+    assert fa_triton.variants("dkdv", dtype) == fa_triton.variants("dq", dtype) == ("fa2", "tma")
+    runs = [(False, {"dkdv": fa_triton.config("dkdv", D, dtype, a), "dq": fa_triton.config("dq", D, dtype, b)})
+            for a in ("fa2", "tma") for b in ("fa2", "tma") if a == b or D == 128]
+    if fa_triton.one_pass_backward(D, dtype):
+        runs += [(True, {"bwd_fused": fa_triton.config("bwd_fused", D, dtype, variant)})
+                 for variant in fa_triton.variants("bwd_fused", dtype)]
+    for one_pass, cfgs in runs:
+        grads = fa_triton.backward(grad, q, k, v, out, lse, scale, None, not one_pass, cfgs)
+        what = ", ".join(f"{kernel} {cfg.variant}" for kernel, cfg in cfgs.items())
+        for name, got, e in zip("qkv", grads, expect):
+            _check(got, e, dtype, "triton", grad=True, name=f"d{name} ({what})")
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="needs the triton backend")
 def test_tma_variant_falls_back_on_unaligned_tensors_and_refuses_unknown_variants():
     """TMA needs 16-byte aligned bases and row strides: a q that starts one element into its
     storage takes the FA2 path (same numbers); an unknown variant is a clear error."""
@@ -89,8 +119,21 @@ def test_tma_variant_falls_back_on_unaligned_tensors_and_refuses_unknown_variant
     assert q.data_ptr() % 16
     out, _ = fa_triton.forward(q, k, v, 0.125, fa_triton.config("fwd", 64, dtype, "tma"))
     _check(out, ref.attention(q, k, v, 0.125), dtype, "triton")
-    with pytest.raises(ValueError, match="forward variant 'wgmma9' is not offered"):
+    with pytest.raises(ValueError, match="fwd variant 'wgmma9' is not offered"):
         fa_triton.forward(q, k, v, 0.125, fa_triton.Blocks(64, 64, 4, 2, "wgmma9"))
+    # the JVP and backward variants fall back the same way (an expanded gradient: stride 0 along S)
+    out, out_t, _, _ = fa_triton.forward_jvp(q, k, v, q, k, v, 0.125, fa_triton.config("jvp", 64, dtype, "tma"))
+    e_out, e_t = ref.attention_jvp(*(t.double() for t in (q, k, v, q, k, v)), 0.125)[:2]
+    _check(out, e_out, dtype, "triton")
+    _check(out_t, e_t, dtype, "triton", grad=True)
+    out, lse = fa_triton.forward(q, k, v, 0.125)
+    grad = torch.ones(1, 1, 1, 64, dtype=dtype).expand(out.shape)
+    cfgs = {"dkdv": fa_triton.config("dkdv", 64, dtype, "tma"), "dq": fa_triton.config("dq", 64, dtype, "tma")}
+    grads = fa_triton.backward(grad, q, k, v, out, lse, 0.125, None, True, cfgs)
+    for got, e in zip(grads, _ref_grads(q, k, v, grad.contiguous(), 0.125)):
+        _check(got, e, dtype, "triton", grad=True)
+    with pytest.raises(ValueError, match="dq variant 'tma_ws' is not offered"):
+        fa_triton.backward(grad, q, k, v, out, lse, 0.125, None, True, {"dq": fa_triton.Blocks(64, 64, 4, 2, "tma_ws")})
 
 
 @pytest.mark.skipif("triton" not in BACKENDS, reason="needs the triton backend")

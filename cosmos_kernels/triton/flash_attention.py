@@ -54,6 +54,11 @@ _WIDEN_BF16_DOTS = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 HAS_TMA = hasattr(tl, "make_tensor_descriptor")
 HAS_WARP_SPECIALIZE = "warp_specialize" in inspect.signature(tl.range.__init__).parameters
 FWD_VARIANTS = ("fa2",) + (("tma",) if HAS_TMA else ()) + (("tma_ws",) if HAS_TMA and HAS_WARP_SPECIALIZE else ())
+# per kernel: the forward and the JVP pass have all three; the backward kernels FA2 and TMA (their
+# warp-specialized loops fail to compile in Triton 3.9 at the 128-row tiles: "unsupported load type
+# for producer commit")
+KERNEL_VARIANTS = {"fwd": FWD_VARIANTS, "jvp": FWD_VARIANTS, "dkdv": FWD_VARIANTS[:2], "dq": FWD_VARIANTS[:2],
+                   "bwd_fused": FWD_VARIANTS[:2]}
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,19 @@ CONFIGS = {
     # (tf32 dots in a warp-specialized loop fail to compile in Triton 3.6-3.9)
     ("fwd_tma_ws", 2): {32: Blocks(128, 64, 4, 3, "tma_ws"), 64: Blocks(128, 64, 4, 3, "tma_ws"),
                         128: Blocks(128, 64, 4, 2, "tma_ws")},
+    # TMA variants of the other kernels (no per-element pointer tiles, so the registers go to the
+    # accumulators): the JVP takes 64-key blocks at D=128 (FA2: 32; 253 registers, no spill), dK/dV
+    # 64-query blocks (FA2: 32); fp32 keeps FA2's tiles (twice the shared memory per tile)
+    ("jvp_tma", 2): {32: Blocks(128, 64, 8, 2), 64: Blocks(128, 64, 8, 2), 128: Blocks(128, 64, 8, 2)},
+    ("jvp_tma", 4): {32: Blocks(128, 32, 8, 2), 64: Blocks(128, 32, 8, 2), 128: Blocks(128, 16, 8, 2)},
+    ("jvp_tma_ws", 2): {32: Blocks(128, 64, 4, 2), 64: Blocks(128, 64, 4, 2), 128: Blocks(64, 64, 4, 2)},
+    ("dkdv_tma", 2): {32: Blocks(64, 128, 8, 2), 64: Blocks(64, 128, 8, 2), 128: Blocks(64, 128, 8, 2)},
+    ("dkdv_tma", 4): {32: Blocks(64, 128, 8, 2), 64: Blocks(64, 128, 8, 2), 128: Blocks(32, 128, 8, 2)},
+    ("dq_tma", 2): {32: Blocks(128, 64, 8, 2), 64: Blocks(128, 64, 8, 2), 128: Blocks(128, 64, 8, 2)},
+    ("dq_tma", 4): {32: Blocks(128, 64, 8, 2), 64: Blocks(128, 64, 8, 2), 128: Blocks(128, 32, 8, 2)},
+    # one pass with TMA: D=128 has no entry (every tile tried spills, 16-6440 bytes): FA2 runs there
+    ("bwd_fused_tma", 2): {32: Blocks(64, 128, 8, 2), 64: Blocks(64, 128, 8, 2)},
+    ("bwd_fused_tma", 4): {32: Blocks(64, 128, 8, 2), 64: Blocks(64, 128, 8, 2)},
 }
 PRE = Blocks(64, 0, 4, 1)  # rows per program of the δ preprocess
 
@@ -110,12 +128,23 @@ def block_d(head_dim: int) -> int:
     return max(32, triton.next_power_of_2(head_dim))
 
 
+def _table(kernel: str, dtype: torch.dtype, variant: str) -> dict:
+    name = kernel if variant == "fa2" else f"{kernel}_{variant}"
+    return CONFIGS.get((name, 4 if dtype == torch.float32 else 2), {})
+
+
+def has_config(kernel: str, head_dim: int, dtype: torch.dtype, variant: str) -> bool:
+    """Whether the table holds a (spill-free) tile of `variant` for this head dim; the forward's
+    "tma" runs the FA2 tile."""
+    if kernel == "fwd" and variant == "tma":
+        variant = "fa2"
+    return block_d(head_dim) in _table(kernel, dtype, variant)
+
+
 def config(kernel: str, head_dim: int, dtype: torch.dtype, variant: str = "fa2") -> Blocks:
-    """The built-in launch table's configuration (what runs without a tuned entry); for the
-    forward's variants, that variant's own tile ("tma" runs the "fa2" tile)."""
-    if variant == "tma_ws":
-        kernel = "fwd_tma_ws"
-    cfg = CONFIGS[(kernel, 4 if dtype == torch.float32 else 2)][block_d(head_dim)]
+    """The built-in launch table's configuration (what runs without a tuned entry); for a variant,
+    its own tile where the table has one, else the FA2 tile (the forward's "tma" always)."""
+    cfg = _table(kernel, dtype, variant).get(block_d(head_dim)) or _table(kernel, dtype, "fa2")[block_d(head_dim)]
     return Blocks(cfg.m, cfg.n, cfg.warps, cfg.stages, variant)
 
 
@@ -123,9 +152,15 @@ KERNELS = ("fwd", "jvp", "dkdv", "dq", "bwd_fused")
 
 
 def variants(kernel: str, dtype: torch.dtype) -> tuple[str, ...]:
-    if kernel != "fwd":
-        return ("fa2",)
-    return tuple(v for v in FWD_VARIANTS if not (v == "tma_ws" and dtype == torch.float32))
+    """The variants this Triton offers for `kernel` and `dtype` (tma_ws: 16-bit only)."""
+    return tuple(v for v in KERNEL_VARIANTS[kernel] if not (v == "tma_ws" and dtype == torch.float32))
+
+
+def _offered(op: str, kernel: str, cfg: Blocks, dtype: torch.dtype) -> None:
+    offered = variants(kernel, dtype)
+    if cfg.variant not in offered:
+        raise ValueError(f"{op}: {kernel} variant {cfg.variant!r} is not offered for {dtype} by this Triton "
+                         f"({triton.__version__}); available: {', '.join(offered)}")
 
 
 def one_pass_backward(head_dim: int, dtype: torch.dtype) -> bool:
@@ -306,31 +341,63 @@ def _attn_fwd_tma(Q, K, V, O, LSE,
 # forward + JVP in one pass
 # ---------------------------------------------------------------------------------------------
 @triton.jit
-def _jvp_block(acc, acc_t, l_i, r_i, m_i, c_i, q, tq, k_ptrs, tk_ptrs, v_ptrs, tv_ptrs, start_n, offs_n, S_k,
-               offs_d, qk_scale, scale, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, EVEN_D: tl.constexpr):
-    n_ok = start_n + offs_n < S_k
-    d_ok = offs_d < HEAD_DIM
-    k = _load_rows(k_ptrs, n_ok, d_ok, MASK, EVEN_D)
-    tk = _load_rows(tk_ptrs, n_ok, d_ok, MASK, EVEN_D)
+def _jvp_scores(q, tq, k, tk, n_ok, qk_scale, scale, MASK: tl.constexpr):
+    """Scores (log2 units, masked when MASK) and their tangent (natural units) of one key block."""
     kt = tl.trans(k)
-    s = _dot(q, kt) * qk_scale  # log2 units
-    ts = _dot(tq, kt, _dot(q, tl.trans(tk))) * scale  # tangent of the natural-unit scores
+    s = _dot(q, kt) * qk_scale
+    ts = _dot(tq, kt, _dot(q, tl.trans(tk))) * scale
     if MASK:
         s = tl.where(n_ok[None, :], s, float("-inf"))
+    return s, ts
+
+
+@triton.jit
+def _jvp_softmax(acc, acc_t, l_i, r_i, m_i, c_i, s, ts):
+    """The online softmax and tangent statistics of one key block: P, the rescale factor, and the
+    tangent sum re-centered on the new c (it held Σ P(tS − c_i)V + P tV)."""
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.math.exp2(m_i - m_new)
     p = tl.math.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     r_i = r_i * alpha + tl.sum(p * ts, 1)
     c_new = r_i / l_i
-    # re-center the old tangent sum on c_new (it held Σ P(tS − c_i)V + P tV), then rescale both
     acc_t = acc_t * alpha[:, None] - ((c_new - c_i) * alpha)[:, None] * acc
-    v = _load_rows(v_ptrs, n_ok, d_ok, MASK, EVEN_D)
-    tv = _load_rows(tv_ptrs, n_ok, d_ok, MASK, EVEN_D)
+    return acc_t, p, alpha, l_i, r_i, m_new, c_new
+
+
+@triton.jit
+def _jvp_accumulate(acc, acc_t, p, ts, alpha, c_new, v, tv):
     pv = p.to(v.dtype)
     acc = acc * alpha[:, None] + _dot(pv, v)
     acc_t = _dot(pv, tv, acc_t)
     acc_t = _dot((p * (ts - c_new[:, None])).to(v.dtype), v, acc_t)
+    return acc, acc_t
+
+
+@triton.jit
+def _jvp_block(acc, acc_t, l_i, r_i, m_i, c_i, q, tq, k_ptrs, tk_ptrs, v_ptrs, tv_ptrs, start_n, offs_n, S_k,
+               offs_d, qk_scale, scale, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, EVEN_D: tl.constexpr):
+    n_ok = start_n + offs_n < S_k
+    d_ok = offs_d < HEAD_DIM
+    k = _load_rows(k_ptrs, n_ok, d_ok, MASK, EVEN_D)
+    tk = _load_rows(tk_ptrs, n_ok, d_ok, MASK, EVEN_D)
+    s, ts = _jvp_scores(q, tq, k, tk, n_ok, qk_scale, scale, MASK)
+    acc_t, p, alpha, l_i, r_i, m_new, c_new = _jvp_softmax(acc, acc_t, l_i, r_i, m_i, c_i, s, ts)
+    v = _load_rows(v_ptrs, n_ok, d_ok, MASK, EVEN_D)  # loaded late: fewer tiles live at once
+    tv = _load_rows(tv_ptrs, n_ok, d_ok, MASK, EVEN_D)
+    acc, acc_t = _jvp_accumulate(acc, acc_t, p, ts, alpha, c_new, v, tv)
+    return acc, acc_t, l_i, r_i, m_new, c_new
+
+
+@triton.jit
+def _jvp_tma_block(acc, acc_t, l_i, r_i, m_i, c_i, q, tq, k_desc, tk_desc, v_desc, tv_desc, start_n, offs_n, S_k,
+                   qk_scale, scale, MASK: tl.constexpr):
+    """_jvp_block with descriptor loads (out-of-range key rows arrive as zeros, masked when MASK)."""
+    n_ok = start_n + offs_n < S_k
+    s, ts = _jvp_scores(q, tq, k_desc.load([start_n, 0]), tk_desc.load([start_n, 0]), n_ok, qk_scale, scale, MASK)
+    acc_t, p, alpha, l_i, r_i, m_new, c_new = _jvp_softmax(acc, acc_t, l_i, r_i, m_i, c_i, s, ts)
+    acc, acc_t = _jvp_accumulate(acc, acc_t, p, ts, alpha, c_new, v_desc.load([start_n, 0]),
+                                 tv_desc.load([start_n, 0]))
     return acc, acc_t, l_i, r_i, m_new, c_new
 
 
@@ -387,6 +454,58 @@ def _attn_jvp(Q, K, V, TQ, TK, TV, O, TO, LSE, TLSE,
     tl.store(TLSE + lrow, c_i, mask=m_ok)
 
 
+@triton.jit
+def _desc(ptr, rows, row_stride, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A TMA descriptor of one (batch, head)'s [rows, HEAD_DIM] matrix in [BLOCK_R, BLOCK_D] tiles."""
+    return tl.make_tensor_descriptor(ptr, shape=[rows, HEAD_DIM], strides=[row_stride, 1],
+                                     block_shape=[BLOCK_R, BLOCK_D])
+
+
+@triton.jit
+def _attn_jvp_tma(Q, K, V, TQ, TK, TV, O, TO, LSE, TLSE,
+                  sqb, sqs, sqh, skb, sks, skh, svb, svs, svh,
+                  stqb, stqs, stqh, stkb, stks, stkh, stvb, stvs, stvh, sob, sos, soh,
+                  n_heads, S_q, S_k, qk_scale, scale,
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  WARP_SPECIALIZE: tl.constexpr):
+    """_attn_jvp with TMA descriptor loads and stores (no per-element pointer tiles: the registers
+    they took go to the two accumulators, so wider key blocks fit)."""
+    bh = tl.program_id(1)
+    b = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
+    start_m = tl.program_id(0) * BLOCK_M
+    q = _desc(Q + b * sqb + h * sqh, S_q, sqs, HEAD_DIM, BLOCK_M, BLOCK_D).load([start_m, 0])
+    tq = _desc(TQ + b * stqb + h * stqh, S_q, stqs, HEAD_DIM, BLOCK_M, BLOCK_D).load([start_m, 0])
+    k_desc = _desc(K + b * skb + h * skh, S_k, sks, HEAD_DIM, BLOCK_N, BLOCK_D)
+    tk_desc = _desc(TK + b * stkb + h * stkh, S_k, stks, HEAD_DIM, BLOCK_N, BLOCK_D)
+    v_desc = _desc(V + b * svb + h * svh, S_k, svs, HEAD_DIM, BLOCK_N, BLOCK_D)
+    tv_desc = _desc(TV + b * stvb + h * stvh, S_k, stvs, HEAD_DIM, BLOCK_N, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    r_i = tl.zeros([BLOCK_M], tl.float32)
+    c_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc_t = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    n_full = S_k if WARP_SPECIALIZE else (S_k // BLOCK_N) * BLOCK_N
+    for start_n in tl.range(0, n_full, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
+        acc, acc_t, l_i, r_i, m_i, c_i = _jvp_tma_block(acc, acc_t, l_i, r_i, m_i, c_i, q, tq, k_desc, tk_desc,
+                                                        v_desc, tv_desc, start_n, offs_n, S_k, qk_scale, scale,
+                                                        WARP_SPECIALIZE)
+    if n_full < S_k:  # the ragged tail (not warp-specialized)
+        acc, acc_t, l_i, r_i, m_i, c_i = _jvp_tma_block(acc, acc_t, l_i, r_i, m_i, c_i, q, tq, k_desc, tk_desc,
+                                                        v_desc, tv_desc, n_full, offs_n, S_k, qk_scale, scale, True)
+    inv_l = 1.0 / l_i
+    _desc(O + b * sob + h * soh, S_q, sos, HEAD_DIM, BLOCK_M, BLOCK_D).store(
+        [start_m, 0], (acc * inv_l[:, None]).to(O.dtype.element_ty))
+    _desc(TO + b * sob + h * soh, S_q, sos, HEAD_DIM, BLOCK_M, BLOCK_D).store(
+        [start_m, 0], (acc_t * inv_l[:, None]).to(TO.dtype.element_ty))
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    lrow = bh.to(tl.int64) * S_q + offs_m
+    tl.store(LSE + lrow, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, mask=offs_m < S_q)
+    tl.store(TLSE + lrow, c_i, mask=offs_m < S_q)
+
+
 # ---------------------------------------------------------------------------------------------
 # backward
 # ---------------------------------------------------------------------------------------------
@@ -413,6 +532,18 @@ def _bwd_preprocess(O, DO, DLSE, DELTA, sob, sos, soh, sdob, sdos, sdoh, n_heads
 
 
 @triton.jit
+def _row_stats(lse_ptrs, delta_ptrs, m_ok, MASK: tl.constexpr):
+    """log2-unit lse and δ of a block of query rows."""
+    if MASK:
+        lse2 = tl.load(lse_ptrs, mask=m_ok, other=0.0) * 1.4426950408889634
+        delta = tl.load(delta_ptrs, mask=m_ok, other=0.0)
+    else:
+        lse2 = tl.load(lse_ptrs) * 1.4426950408889634
+        delta = tl.load(delta_ptrs)
+    return lse2, delta
+
+
+@triton.jit
 def _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptrs, delta_ptrs, start_m, offs_m, S_q, offs_d,
                 qk_scale, scale, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, EVEN_D: tl.constexpr,
                 ONE_PASS: tl.constexpr):
@@ -420,12 +551,15 @@ def _dkdv_block(dk, dv, k, v, q_ptrs, do_ptrs, dq_ptrs, lse_ptrs, delta_ptrs, st
     d_ok = offs_d < HEAD_DIM
     q = _load_rows(q_ptrs, m_ok, d_ok, MASK, EVEN_D)
     do = _load_rows(do_ptrs, m_ok, d_ok, MASK, EVEN_D)
-    if MASK:
-        lse2 = tl.load(lse_ptrs, mask=m_ok, other=0.0) * 1.4426950408889634
-        delta = tl.load(delta_ptrs, mask=m_ok, other=0.0)
-    else:
-        lse2 = tl.load(lse_ptrs) * 1.4426950408889634
-        delta = tl.load(delta_ptrs)
+    lse2, delta = _row_stats(lse_ptrs, delta_ptrs, m_ok, MASK)
+    return _dkdv_update(dk, dv, k, v, q, do, lse2, delta, dq_ptrs, m_ok, d_ok, qk_scale, scale, MASK, EVEN_D,
+                        ONE_PASS)
+
+
+@triton.jit
+def _dkdv_update(dk, dv, k, v, q, do, lse2, delta, dq_ptrs, m_ok, d_ok, qk_scale, scale, MASK: tl.constexpr,
+                 EVEN_D: tl.constexpr, ONE_PASS: tl.constexpr):
+    """One query block's contribution to dK, dV (and with ONE_PASS its dQ shares, atomically)."""
     pt = tl.math.exp2(_dot(k, tl.trans(q)) * qk_scale - lse2[None, :])  # Pᵀ: [BLOCK_N, BLOCK_M]
     if MASK:
         pt = tl.where(m_ok[None, :], pt, 0.0)
@@ -497,6 +631,12 @@ def _dq_block(dq, q, do, lse2, delta, k_ptrs, v_ptrs, start_n, offs_n, S_k, offs
     d_ok = offs_d < HEAD_DIM
     k = _load_rows(k_ptrs, n_ok, d_ok, MASK, EVEN_D)
     v = _load_rows(v_ptrs, n_ok, d_ok, MASK, EVEN_D)
+    return _dq_update(dq, q, do, lse2, delta, k, v, n_ok, qk_scale, MASK)
+
+
+@triton.jit
+def _dq_update(dq, q, do, lse2, delta, k, v, n_ok, qk_scale, MASK: tl.constexpr):
+    """One key block's contribution to dQ (unscaled)."""
     p = tl.math.exp2(_dot(q, tl.trans(k)) * qk_scale - lse2[:, None])
     if MASK:
         p = tl.where(n_ok[None, :], p, 0.0)
@@ -543,6 +683,86 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
                 (dq * scale).to(DQ.dtype.element_ty), m_ok, d_ok, EVEN_D)
 
 
+@triton.jit
+def _attn_bwd_dkdv_tma(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
+                       sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sdob, sdos, sdoh,
+                       sdkb, sdks, sdkh, sdvb, sdvs, sdvh, saqb, saqs, saqh,
+                       n_heads, S_q, S_k, qk_scale, scale,
+                       HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       ONE_PASS: tl.constexpr, WARP_SPECIALIZE: tl.constexpr):
+    """_attn_bwd_dkdv with TMA descriptors for the K, V, Q, dO tiles and the dK, dV stores (the row
+    statistics and the one-pass dQ atomics stay pointer-based)."""
+    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+    bh = tl.program_id(1)
+    b = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
+    start_n = tl.program_id(0) * BLOCK_N
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    k = _desc(K + b * skb + h * skh, S_k, sks, HEAD_DIM, BLOCK_N, BLOCK_D).load([start_n, 0])
+    v = _desc(V + b * svb + h * svh, S_k, svs, HEAD_DIM, BLOCK_N, BLOCK_D).load([start_n, 0])
+    q_desc = _desc(Q + b * sqb + h * sqh, S_q, sqs, HEAD_DIM, BLOCK_M, BLOCK_D)
+    do_desc = _desc(DO + b * sdob + h * sdoh, S_q, sdos, HEAD_DIM, BLOCK_M, BLOCK_D)
+    dq_base = DQ_ACC + b * saqb + h * saqh + offs_m[:, None] * saqs + offs_d[None, :]
+    row_base = bh.to(tl.int64) * S_q + offs_m
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    m_full = S_q if WARP_SPECIALIZE else (S_q // BLOCK_M) * BLOCK_M
+    for start_m in tl.range(0, m_full, BLOCK_M, warp_specialize=WARP_SPECIALIZE):
+        dk, dv = _dkdv_tma_block(dk, dv, k, v, q_desc, do_desc, dq_base, LSE, DELTA, row_base, start_m, offs_m, S_q,
+                                 d_ok, saqs, qk_scale, scale, WARP_SPECIALIZE, EVEN_D, ONE_PASS)
+    if m_full < S_q:  # the ragged tail (not warp-specialized)
+        dk, dv = _dkdv_tma_block(dk, dv, k, v, q_desc, do_desc, dq_base, LSE, DELTA, row_base, m_full, offs_m, S_q,
+                                 d_ok, saqs, qk_scale, scale, True, EVEN_D, ONE_PASS)
+    _desc(DK + b * sdkb + h * sdkh, S_k, sdks, HEAD_DIM, BLOCK_N, BLOCK_D).store(
+        [start_n, 0], (dk * scale).to(DK.dtype.element_ty))
+    _desc(DV + b * sdvb + h * sdvh, S_k, sdvs, HEAD_DIM, BLOCK_N, BLOCK_D).store([start_n, 0], dv.to(DV.dtype.element_ty))
+
+
+@triton.jit
+def _dkdv_tma_block(dk, dv, k, v, q_desc, do_desc, dq_base, LSE, DELTA, row_base, start_m, offs_m, S_q, d_ok, saqs,
+                    qk_scale, scale, MASK: tl.constexpr, EVEN_D: tl.constexpr, ONE_PASS: tl.constexpr):
+    m_ok = start_m + offs_m < S_q
+    lse2, delta = _row_stats(LSE + row_base + start_m, DELTA + row_base + start_m, m_ok, MASK)
+    return _dkdv_update(dk, dv, k, v, q_desc.load([start_m, 0]), do_desc.load([start_m, 0]), lse2, delta,
+                        dq_base + saqs.to(tl.int64) * start_m, m_ok, d_ok, qk_scale, scale, MASK, EVEN_D, ONE_PASS)
+
+
+@triton.jit
+def _attn_bwd_dq_tma(Q, K, V, DO, LSE, DELTA, DQ,
+                     sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sdob, sdos, sdoh, sdqb, sdqs, sdqh,
+                     n_heads, S_q, S_k, qk_scale, scale,
+                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     WARP_SPECIALIZE: tl.constexpr):
+    """_attn_bwd_dq with TMA descriptors for the Q, dO, K, V tiles and the dQ store."""
+    bh = tl.program_id(1)
+    b = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
+    start_m = tl.program_id(0) * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    m_ok = offs_m < S_q
+    q = _desc(Q + b * sqb + h * sqh, S_q, sqs, HEAD_DIM, BLOCK_M, BLOCK_D).load([start_m, 0])
+    do = _desc(DO + b * sdob + h * sdoh, S_q, sdos, HEAD_DIM, BLOCK_M, BLOCK_D).load([start_m, 0])
+    lrow = bh.to(tl.int64) * S_q + offs_m
+    lse2, delta = _row_stats(LSE + lrow, DELTA + lrow, m_ok, True)
+    k_desc = _desc(K + b * skb + h * skh, S_k, sks, HEAD_DIM, BLOCK_N, BLOCK_D)
+    v_desc = _desc(V + b * svb + h * svh, S_k, svs, HEAD_DIM, BLOCK_N, BLOCK_D)
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    n_full = S_k if WARP_SPECIALIZE else (S_k // BLOCK_N) * BLOCK_N
+    for start_n in tl.range(0, n_full, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
+        dq = _dq_update(dq, q, do, lse2, delta, k_desc.load([start_n, 0]), v_desc.load([start_n, 0]),
+                        start_n + offs_n < S_k, qk_scale, WARP_SPECIALIZE)
+    if n_full < S_k:  # the ragged tail (not warp-specialized)
+        dq = _dq_update(dq, q, do, lse2, delta, k_desc.load([n_full, 0]), v_desc.load([n_full, 0]),
+                        n_full + offs_n < S_k, qk_scale, True)
+    _desc(DQ + b * sdqb + h * sdqh, S_q, sdqs, HEAD_DIM, BLOCK_M, BLOCK_D).store([start_m, 0],
+                                                                                (dq * scale).to(DQ.dtype.element_ty))
+
+
 # ---------------------------------------------------------------------------------------------
 # launchers
 # ---------------------------------------------------------------------------------------------
@@ -556,11 +776,13 @@ def _meta(head_dim: int, cfg: Blocks) -> dict:
 
 
 def _tma_ready(*tensors: torch.Tensor) -> bool:
-    """TMA's rules for a [S, D] view of each (B, S, H, D) tensor: a 16-byte aligned base (every
-    (batch, head) offset keeps it, D % 16 == 0) and 16-byte multiples as row strides."""
+    """TMA's rules for a [S, D] view of each (B, S, H, D) tensor: unit stride along D, a 16-byte
+    aligned base (every (batch, head) offset keeps it, D % 16 == 0) and nonzero 16-byte multiples
+    as the other strides (an expanded gradient, stride 0, takes the FA2 path)."""
     for t in tensors:
         size = t.element_size()
-        if t.data_ptr() % 16 or any((st * size) % 16 for st in t.stride()[:-1]):
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any((st * size) % 16 or (st == 0 and n > 1)
+                                                         for st, n in zip(t.stride()[:-1], t.shape[:-1])):
             return False
     if tensors[0].is_cuda:  # device-side descriptors take a small global scratch per launch
         from triton.runtime import _allocation
@@ -579,10 +801,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, cfg
     grid = (triton.cdiv(S_q, cfg.m), B * H)
     args = (q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out), H, S_q, S_k, scale * LOG2E)
     if cfg.variant != "fa2":
-        offered = variants("fwd", q.dtype)
-        if cfg.variant not in offered:
-            raise ValueError(f"flash_attention: forward variant {cfg.variant!r} is not offered for {q.dtype} by this "
-                             f"Triton ({triton.__version__}); available: {', '.join(offered)}")
+        _offered("flash_attention", "fwd", cfg, q.dtype)
         if _tma_ready(q, k, v, out):
             _attn_fwd_tma[grid](*args, WARP_SPECIALIZE=cfg.variant == "tma_ws", **_meta(D, cfg))
             return out, lse
@@ -599,9 +818,14 @@ def forward_jvp(q, k, v, q_t, k_t, v_t, scale: float, cfg: Blocks | None = None)
     lse_t = _alloc.empty(B, H, S_q, dtype=torch.float32, device=q.device)
     cfg = cfg or choose("jvp", D, q.dtype, S_q, S_k, q.device)
     grid = (triton.cdiv(S_q, cfg.m), B * H)
-    _attn_jvp[grid](q, k, v, q_t, k_t, v_t, out, out_t, lse, lse_t,
-                    *_strides(q), *_strides(k), *_strides(v), *_strides(q_t), *_strides(k_t), *_strides(v_t),
-                    *_strides(out), H, S_q, S_k, scale * LOG2E, scale, **_meta(D, cfg))
+    args = (q, k, v, q_t, k_t, v_t, out, out_t, lse, lse_t, *_strides(q), *_strides(k), *_strides(v),
+            *_strides(q_t), *_strides(k_t), *_strides(v_t), *_strides(out), H, S_q, S_k, scale * LOG2E, scale)
+    if cfg.variant != "fa2":
+        _offered("flash_attention_jvp", "jvp", cfg, q.dtype)
+        if _tma_ready(q, k, v, q_t, k_t, v_t, out, out_t):
+            _attn_jvp_tma[grid](*args, WARP_SPECIALIZE=cfg.variant == "tma_ws", **_meta(D, cfg))
+            return out, out_t, lse, lse_t
+    _attn_jvp[grid](*args, **_meta(D, cfg))
     return out, out_t, lse, lse_t
 
 
@@ -623,18 +847,30 @@ def backward(grad, q, k, v, out, lse, scale: float, grad_lse=None, deterministic
     one_pass = not deterministic and one_pass_backward(D, q.dtype)
     # the one pass adds dQ into a zeroed fp32 buffer; otherwise DQ_ACC is unused (dk stands in)
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if one_pass else dk
-    cfg = pick("bwd_fused" if one_pass else "dkdv")
-    _attn_bwd_dkdv[(triton.cdiv(S_k, cfg.n), B * H)](
-        q, k, v, grad, lse, delta, dk, dv, dq_acc, *_strides(q), *_strides(k), *_strides(v), *_strides(grad),
-        *_strides(dk), *_strides(dv), *(_strides(dq_acc) if one_pass else (0, 0, 0)), H, S_q, S_k,
-        scale * LOG2E, scale, ONE_PASS=one_pass, **_meta(D, cfg))
+    kernel = "bwd_fused" if one_pass else "dkdv"
+    cfg = pick(kernel)
+    args = (q, k, v, grad, lse, delta, dk, dv, dq_acc, *_strides(q), *_strides(k), *_strides(v), *_strides(grad),
+            *_strides(dk), *_strides(dv), *(_strides(dq_acc) if one_pass else (0, 0, 0)), H, S_q, S_k,
+            scale * LOG2E, scale)
+    if cfg.variant != "fa2":
+        _offered("flash_attention backward", kernel, cfg, q.dtype)
+    if cfg.variant == "tma" and _tma_ready(q, k, v, grad, dk, dv):
+        _attn_bwd_dkdv_tma[(triton.cdiv(S_k, cfg.n), B * H)](*args, ONE_PASS=one_pass, WARP_SPECIALIZE=False,
+                                                             **_meta(D, cfg))
+    else:
+        _attn_bwd_dkdv[(triton.cdiv(S_k, cfg.n), B * H)](*args, ONE_PASS=one_pass, **_meta(D, cfg))
     if one_pass:
         return dq_acc.to(q.dtype), dk, dv
     dq = _alloc.empty_like(q)
     cfg = pick("dq")
-    _attn_bwd_dq[(triton.cdiv(S_q, cfg.m), B * H)](
-        q, k, v, grad, lse, delta, dq, *_strides(q), *_strides(k), *_strides(v), *_strides(grad), *_strides(dq),
-        H, S_q, S_k, scale * LOG2E, scale, **_meta(D, cfg))
+    args = (q, k, v, grad, lse, delta, dq, *_strides(q), *_strides(k), *_strides(v), *_strides(grad), *_strides(dq),
+            H, S_q, S_k, scale * LOG2E, scale)
+    if cfg.variant != "fa2":
+        _offered("flash_attention backward", "dq", cfg, q.dtype)
+    if cfg.variant == "tma" and _tma_ready(q, k, v, grad, dq):
+        _attn_bwd_dq_tma[(triton.cdiv(S_q, cfg.m), B * H)](*args, WARP_SPECIALIZE=False, **_meta(D, cfg))
+    else:
+        _attn_bwd_dq[(triton.cdiv(S_q, cfg.m), B * H)](*args, **_meta(D, cfg))
     return dq, dk, dv
 
 
@@ -758,10 +994,16 @@ def _aot_specs() -> list[AotSpec]:
         ]
         if one_pass_backward(d, torch_dtype):
             specs.append(_spec("bwd_fused", _attn_bwd_dkdv, dt, d, config("bwd_fused", d, torch_dtype), ONE_PASS=True))
-        for variant in variants("fwd", torch_dtype)[1:]:  # the Hopper paths: TMA (and warp specialization)
-            specs.append(_spec(f"fwd_{variant}", _attn_fwd_tma, dt, d, config("fwd", d, torch_dtype, variant),
-                               expect_tma=True, expect_warp_specialized=variant == "tma_ws",
-                               WARP_SPECIALIZE=variant == "tma_ws"))
+        # the Hopper paths: TMA (and warp specialization), each at its table's tile
+        for kernel, fn, label, extra in (("fwd", _attn_fwd_tma, "fwd", {}), ("jvp", _attn_jvp_tma, "jvp", {}),
+                                         ("dkdv", _attn_bwd_dkdv_tma, "bwd_dkdv", {"ONE_PASS": False}),
+                                         ("bwd_fused", _attn_bwd_dkdv_tma, "bwd_fused", {"ONE_PASS": True}),
+                                         ("dq", _attn_bwd_dq_tma, "bwd_dq", {})):
+            for variant in variants(kernel, torch_dtype)[1:]:
+                if has_config(kernel, d, torch_dtype, variant):
+                    specs.append(_spec(f"{label}_{variant}", fn, dt, d, config(kernel, d, torch_dtype, variant),
+                                       expect_tma=True, expect_warp_specialized=variant == "tma_ws",
+                                       WARP_SPECIALIZE=variant == "tma_ws", **extra))
     return specs
 
 
