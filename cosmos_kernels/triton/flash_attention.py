@@ -95,7 +95,8 @@ CONFIGS = {
     ("jvp", 2): {32: Blocks(128, 64, 8, 2), 64: Blocks(128, 64, 8, 2), 128: Blocks(128, 32, 8, 2)},
     ("jvp", 4): {32: Blocks(128, 32, 8, 2), 64: Blocks(128, 32, 8, 2), 128: Blocks(128, 16, 8, 2)},
     ("dkdv", 2): {32: Blocks(64, 128, 8, 2), 64: Blocks(64, 128, 8, 2), 128: Blocks(32, 128, 8, 3)},
-    ("dkdv", 4): {32: Blocks(64, 128, 8, 2), 64: Blocks(64, 128, 8, 2), 128: Blocks(32, 128, 8, 2)},
+    # fp32 dK/dV: narrower query steps than 16-bit (with 64 / 32 rows Triton 3.6 spills 48 / 16 bytes)
+    ("dkdv", 4): {32: Blocks(64, 128, 8, 2), 64: Blocks(32, 128, 8, 2), 128: Blocks(16, 128, 8, 2)},
     ("dq", 2): {32: Blocks(128, 64, 8, 2), 64: Blocks(128, 64, 8, 2), 128: Blocks(128, 64, 8, 2)},
     ("dq", 4): {32: Blocks(128, 64, 8, 2), 64: Blocks(128, 64, 8, 2), 128: Blocks(128, 32, 8, 2)},
     # one-pass backward (deterministic=False): the dK/dV tiles plus a [BLOCK_M, BLOCK_D] dQ share
@@ -108,18 +109,19 @@ CONFIGS = {
     ("fwd_tma_ws", 2): {32: Blocks(128, 64, 4, 3, "tma_ws"), 64: Blocks(128, 64, 4, 3, "tma_ws"),
                         128: Blocks(128, 64, 4, 2, "tma_ws")},
     # TMA variants of the other kernels (no per-element pointer tiles, so the registers go to the
-    # accumulators): the JVP takes 64-key blocks at D=128 (FA2: 32; 253 registers, no spill), dK/dV
-    # 64-query blocks (FA2: 32); fp32 keeps FA2's tiles (twice the shared memory per tile)
+    # accumulators): the JVP takes 64-key blocks at D=128 (FA2: 32; 253-255 registers, no spill),
+    # dK/dV 64-query steps (FA2: 32; one stage at D=128: with two, Triton 3.6 spills 16 bytes); fp32
+    # keeps FA2's tiles (twice the shared memory per tile). Spill-free with Triton 3.6 and 3.9 both.
     ("jvp_tma", 2): {32: Blocks(128, 64, 8, 2), 64: Blocks(128, 64, 8, 2), 128: Blocks(128, 64, 8, 2)},
     ("jvp_tma", 4): {32: Blocks(128, 32, 8, 2), 64: Blocks(128, 32, 8, 2), 128: Blocks(128, 16, 8, 2)},
-    ("jvp_tma_ws", 2): {32: Blocks(128, 64, 4, 2), 64: Blocks(128, 64, 4, 2), 128: Blocks(64, 64, 4, 2)},
-    ("dkdv_tma", 2): {32: Blocks(64, 128, 8, 2), 64: Blocks(64, 128, 8, 2), 128: Blocks(64, 128, 8, 2)},
+    ("jvp_tma_ws", 2): {32: Blocks(128, 64, 4, 2), 64: Blocks(128, 64, 4, 2), 128: Blocks(128, 32, 4, 2)},
+    ("dkdv_tma", 2): {32: Blocks(64, 128, 8, 2), 64: Blocks(64, 128, 8, 2), 128: Blocks(64, 128, 8, 1)},
     ("dkdv_tma", 4): {32: Blocks(64, 128, 8, 2), 64: Blocks(64, 128, 8, 2), 128: Blocks(32, 128, 8, 2)},
     ("dq_tma", 2): {32: Blocks(128, 64, 8, 2), 64: Blocks(128, 64, 8, 2), 128: Blocks(128, 64, 8, 2)},
     ("dq_tma", 4): {32: Blocks(128, 64, 8, 2), 64: Blocks(128, 64, 8, 2), 128: Blocks(128, 32, 8, 2)},
     # one pass with TMA: D=128 has no entry (every tile tried spills, 16-6440 bytes): FA2 runs there
     ("bwd_fused_tma", 2): {32: Blocks(64, 128, 8, 2), 64: Blocks(64, 128, 8, 2)},
-    ("bwd_fused_tma", 4): {32: Blocks(64, 128, 8, 2), 64: Blocks(64, 128, 8, 2)},
+    ("bwd_fused_tma", 4): {32: Blocks(64, 128, 8, 2), 64: Blocks(64, 64, 8, 2)},
 }
 PRE = Blocks(64, 0, 4, 1)  # rows per program of the δ preprocess
 
