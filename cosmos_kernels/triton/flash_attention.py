@@ -113,16 +113,15 @@ CONFIGS = {
     # dK/dV 64-query steps (FA2: 32; one stage at D=128: with two, Triton 3.6 spills 16 bytes); fp32
     # keeps FA2's tiles (twice the shared memory per tile). Spill-free with Triton 3.6 and 3.9 both.
     ("jvp_tma", 2): {32: Blocks(128, 64, 8, 2), 64: Blocks(128, 64, 8, 2), 128: Blocks(128, 64, 8, 2)},
-    ("jvp_tma", 4): {32: Blocks(128, 32, 8, 2), 64: Blocks(128, 32, 8, 2), 128: Blocks(128, 16, 8, 2)},
     ("jvp_tma_ws", 2): {32: Blocks(128, 64, 4, 2), 64: Blocks(128, 64, 4, 2), 128: Blocks(128, 32, 4, 2)},
     ("dkdv_tma", 2): {32: Blocks(64, 128, 8, 2), 64: Blocks(64, 128, 8, 2), 128: Blocks(64, 128, 8, 1)},
     ("dkdv_tma", 4): {32: Blocks(64, 128, 8, 2), 64: Blocks(64, 128, 8, 2), 128: Blocks(32, 128, 8, 2)},
-    ("dq_tma", 2): {32: Blocks(128, 64, 8, 2), 64: Blocks(128, 64, 8, 2), 128: Blocks(128, 64, 8, 2)},
-    ("dq_tma", 4): {32: Blocks(128, 64, 8, 2), 64: Blocks(128, 64, 8, 2), 128: Blocks(128, 32, 8, 2)},
     # one pass with TMA: D=128 has no entry (every tile tried spills, 16-6440 bytes): FA2 runs there
     ("bwd_fused_tma", 2): {32: Blocks(64, 128, 8, 2), 64: Blocks(64, 128, 8, 2)},
-    ("bwd_fused_tma", 4): {32: Blocks(64, 128, 8, 2), 64: Blocks(64, 64, 8, 2)},
 }
+# the TMA forward and dQ, the fp32 TMA JVP and the fp32 TMA one pass run the FA2 tiles
+for _kernel, _bytes in (("fwd", 2), ("fwd", 4), ("dq", 2), ("dq", 4), ("jvp", 4), ("bwd_fused", 4)):
+    CONFIGS[(f"{_kernel}_tma", _bytes)] = CONFIGS[(_kernel, _bytes)]
 PRE = Blocks(64, 0, 4, 1)  # rows per program of the δ preprocess
 
 
@@ -136,16 +135,13 @@ def _table(kernel: str, dtype: torch.dtype, variant: str) -> dict:
 
 
 def has_config(kernel: str, head_dim: int, dtype: torch.dtype, variant: str) -> bool:
-    """Whether the table holds a (spill-free) tile of `variant` for this head dim; the forward's
-    "tma" runs the FA2 tile."""
-    if kernel == "fwd" and variant == "tma":
-        variant = "fa2"
+    """Whether the table holds a (spill-free) tile of `variant` for this head dim."""
     return block_d(head_dim) in _table(kernel, dtype, variant)
 
 
 def config(kernel: str, head_dim: int, dtype: torch.dtype, variant: str = "fa2") -> Blocks:
     """The built-in launch table's configuration (what runs without a tuned entry); for a variant,
-    its own tile where the table has one, else the FA2 tile (the forward's "tma" always)."""
+    its own tile where the table has one, else the FA2 tile."""
     cfg = _table(kernel, dtype, variant).get(block_d(head_dim)) or _table(kernel, dtype, "fa2")[block_d(head_dim)]
     return Blocks(cfg.m, cfg.n, cfg.warps, cfg.stages, variant)
 
@@ -377,6 +373,18 @@ def _jvp_accumulate(acc, acc_t, p, ts, alpha, c_new, v, tv):
 
 
 @triton.jit
+def _jvp_start(BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The JVP pass's running state: both accumulators, l, r (Σ P tS), the row max m, c = r / l."""
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc_t = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    r_i = tl.zeros([BLOCK_M], tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    c_i = tl.zeros([BLOCK_M], tl.float32)
+    return acc, acc_t, l_i, r_i, m_i, c_i
+
+
+@triton.jit
 def _jvp_block(acc, acc_t, l_i, r_i, m_i, c_i, q, tq, k_ptrs, tk_ptrs, v_ptrs, tv_ptrs, start_n, offs_n, S_k,
                offs_d, qk_scale, scale, HEAD_DIM: tl.constexpr, MASK: tl.constexpr, EVEN_D: tl.constexpr):
     n_ok = start_n + offs_n < S_k
@@ -427,12 +435,7 @@ def _attn_jvp(Q, K, V, TQ, TK, TV, O, TO, LSE, TLSE,
     tk_ptrs = TK + b * stkb + h * stkh + offs_n[:, None] * stks + offs_d[None, :]
     tv_ptrs = TV + b * stvb + h * stvh + offs_n[:, None] * stvs + offs_d[None, :]
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    r_i = tl.zeros([BLOCK_M], tl.float32)
-    c_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    acc_t = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc, acc_t, l_i, r_i, m_i, c_i = _jvp_start(BLOCK_M, BLOCK_D)
     n_full = (S_k // BLOCK_N) * BLOCK_N
     for start_n in range(0, n_full, BLOCK_N):
         acc, acc_t, l_i, r_i, m_i, c_i = _jvp_block(
@@ -483,12 +486,7 @@ def _attn_jvp_tma(Q, K, V, TQ, TK, TV, O, TO, LSE, TLSE,
     v_desc = _desc(V + b * svb + h * svh, S_k, svs, HEAD_DIM, BLOCK_N, BLOCK_D)
     tv_desc = _desc(TV + b * stvb + h * stvh, S_k, stvs, HEAD_DIM, BLOCK_N, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    r_i = tl.zeros([BLOCK_M], tl.float32)
-    c_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    acc_t = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc, acc_t, l_i, r_i, m_i, c_i = _jvp_start(BLOCK_M, BLOCK_D)
     n_full = S_k if WARP_SPECIALIZE else (S_k // BLOCK_N) * BLOCK_N
     for start_n in tl.range(0, n_full, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
         acc, acc_t, l_i, r_i, m_i, c_i = _jvp_tma_block(acc, acc_t, l_i, r_i, m_i, c_i, q, tq, k_desc, tk_desc,
