@@ -76,3 +76,20 @@ def assert_curves_close(a, b, rtol=1e-4):
     for (step, x), (_, y) in zip(a, b):
         assert math.isfinite(x) and abs(x - y) <= rtol * abs(y), (step, x, y, a, b)
 
+
+
+def record_written_videos(monkeypatch) -> dict:
+    """{path: the float video tensor the sampler wrote there}: `cosmos sample` still writes its
+    mp4s, and a test compares what was generated bit for bit (an H.264 encode through PyAV 18 is
+    not byte-reproducible run to run even with one encoder thread, so decoded mp4 frames can
+    differ for identical videos)."""
+    from cosmos_models.sampling import sampler
+
+    written, real = {}, sampler.write_video
+
+    def write_video(path, video, fps, **kw):
+        written[str(path)] = video.detach().cpu().clone()
+        return real(path, video, fps, **kw)
+
+    monkeypatch.setattr(sampler, "write_video", write_video)
+    return written
