@@ -646,10 +646,13 @@ def _pow2_shapes(block: int):
 
 
 def _axis_sizes(extent: int, stride: int) -> list[int]:
-    """Tile sizes worth trying along an axis besides powers of two: multiples of the window
-    stride (a tile of whole stride groups shares its windows: stride 3 or 5 at 480p) and the
-    axis extent itself, each at most the extent."""
-    return sorted({stride * m for m in range(1, extent // stride + 1)} | {extent})
+    """Tile sizes worth trying along an axis besides powers of two: the axis extent itself and,
+    for a stride that is not a power of two, its multiples up to the extent (a tile of whole
+    stride groups shares its windows: stride 3 or 5 at 480p). Stride 1 or a power of two adds
+    no multiples: the power-of-two sides already align with it, and every size would make the
+    search (host time at the first launch of a geometry) ~100x longer."""
+    multiples = range(stride, extent + 1, stride) if stride & (stride - 1) else ()
+    return sorted({*multiples, extent})
 
 
 def tile_shapes(block: int, geom: Geometry) -> list[tuple[int, int, int]]:
