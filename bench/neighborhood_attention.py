@@ -32,7 +32,7 @@ from cosmos_kernels.testing import rel_err, threshold
 # its 480p scaling (1, 3, 5)
 FULL_CASES = [((24, 44, 80), (24, 22, 40), (1, 4, 8)), ((24, 44, 80), (24, 22, 20), (1, 4, 8)),
               ((24, 30, 52), (24, 15, 26), (1, 3, 5)), ((24, 30, 52), (24, 15, 13), (1, 3, 5))]
-# quick: small grids; the last has a stride of 3 and 5 (as 480p), so the pow2-tiles row runs too
+# quick: small grids; the last has a stride of 3 and 5 (as 480p), so the padded-tiles row runs too
 QUICK_CASES = [((3, 8, 12), (3, 4, 6), (1, 2, 2)), ((3, 8, 12), (3, 4, 3), (1, 2, 1)), ((2, 6, 10), (2, 3, 5), (1, 3, 5))]
 HEADS, HEAD_DIM = 16, 128
 SAMPLED_ROWS = 256
@@ -156,7 +156,7 @@ def _bench_case(case, dtype, device, quick) -> list[dict]:
         except Exception as exc:  # noqa: BLE001
             rows.append(_note("neighborhood_attention_3d", shape, dtype, "flex_attention", f"{type(exc).__name__}: {exc}"[:120]))
 
-    # ours, and the triton kernels with the earlier power-of-two tile plan where it differs (480p)
+    # ours, and the triton kernels with the opt-in padded tiles where their plan differs (480p)
     case = dict(q=q, k=k, v=v, grad=grad, device=device, quick=quick, sample=sample, expect_out=expect_out,
                 expect_grads=expect_grads, grads_ref=grads_ref, dense_ms=dense_ms, flex_ms=flex_ms, shape=shape,
                 dtype=dtype, common=common, fwd_flops=fwd_flops, flop_ratio=flop_ratio)
@@ -165,9 +165,9 @@ def _bench_case(case, dtype, device, quick) -> list[dict]:
             rows.append(_note("neighborhood_attention_3d", shape, dtype, f"ours:{backend}",
                               "skipped: the reference materializes S×S"))
             continue
-        plans = [(f"ours:{backend}", "1")]
+        plans = [(f"ours:{backend}", "0")]
         if backend == "triton" and _tile_efficiency(geometry, device, "0") != _tile_efficiency(geometry, device, "1"):
-            plans.append(("ours:triton:pow2-tiles", "0"))
+            plans.append(("ours:triton:padded-tiles", "1"))
         for impl, padded in plans:
             with _padded_tiles(padded):
                 eff = _tile_efficiency(geometry, device, padded) if backend == "triton" else None
@@ -177,8 +177,8 @@ def _bench_case(case, dtype, device, quick) -> list[dict]:
 
 @contextlib.contextmanager
 def _padded_tiles(value: str):
-    """The tile plan in force inside the block: "1" tiles of whole stride groups (the default),
-    "0" power-of-two boxes only (cosmos_kernels/triton/neighborhood_attention.py, plan)."""
+    """The tile plan in force inside the block: "0" power-of-two boxes (the default), "1" the opt-in
+    padded tiles of whole stride groups (cosmos_kernels/triton/neighborhood_attention.py, plan)."""
     from cosmos_kernels.triton import neighborhood_attention as tri
 
     before = os.environ.get(tri.PADDED_TILES_ENV)
@@ -218,7 +218,7 @@ def _ours_rows(impl, fn, tile_eff, *, q, k, v, grad, device, quick, sample, expe
     return rows
 
 
-def _tile_efficiency(geometry, device, padded: str = "1") -> float:
+def _tile_efficiency(geometry, device, padded: str = "0") -> float:
     """Attended pairs / pairs the forward's tiles compute, for the H100 launch configuration
     (padded: the plan, as _padded_tiles)."""
     from cosmos_kernels.triton import neighborhood_attention as tri

@@ -208,7 +208,7 @@ def test_tile_skipping_visits_fewer_key_tiles():
     assert strided <= dense // 4, (strided, dense)
 
 
-def test_padded_tiles_of_whole_stride_groups_are_counted_exactly():
+def test_padded_tiles_of_whole_stride_groups_are_counted_exactly(monkeypatch):
     """Stride (1, 3, 5), as the 480p window has: the plan picks 1×3×5 tiles (one stride group, one
     window) padded to 16 rows; the kernel walks exactly the planned tiles, and the result is exact."""
     from cosmos_kernels.triton import neighborhood_attention as tri
@@ -216,6 +216,7 @@ def test_padded_tiles_of_whole_stride_groups_are_counted_exactly():
     grid, kernel, stride = (2, 6, 10), (2, 3, 5), (1, 3, 5)
     geom = tri.Geometry(grid, kernel, (1, 1, 1), stride, (False,) * 3)
     cfg = tri.INTERPRETER_CONFIG
+    monkeypatch.setenv(tri.PADDED_TILES_ENV, "1")  # opt-in (no GPU measurement yet)
     p = tri.plan(geom, cfg.block_outer, cfg.block_inner, True)
     assert p.outer_tile == p.inner_tile == (1, 3, 5) and p.masked == 0, p
     q, k, v = _qkv(grid, H=2)
@@ -230,9 +231,9 @@ def test_padded_tiles_of_whole_stride_groups_are_counted_exactly():
 @pytest.mark.parametrize("kernel", [(24, 8, 16), (24, 15, 13)])
 def test_plan_480p_strides(monkeypatch, kernel):
     """At 480p (grid 24×30×52, stride (1, 3, 5): the official window scaled, and a narrower one)
-    the query-tile kernels' plans compute at most ~1.2× the attended pairs with tiles of whole
-    stride groups, against 1.3-1.5× for the best power-of-two boxes (still selectable); dk/dv keeps
-    power-of-two tiles."""
+    the query-tile kernels' plans compute at most ~1.2× the attended pairs with the opt-in tiles of
+    whole stride groups, against 1.3-1.5× for the best power-of-two boxes (the default until a GPU
+    measurement); dk/dv keeps power-of-two tiles; the default is the power-of-two plan."""
     from cosmos_kernels.triton import neighborhood_attention as tri
 
     grid, stride = (24, 30, 52), (1, 3, 5)
@@ -252,6 +253,8 @@ def test_plan_480p_strides(monkeypatch, kernel):
         assert math.prod(p.outer_tile) < tri.GPU_CONFIGS[name].block_outer, p   # the padded path is the one used
     p, dkdv = work("dkdv", True)
     assert all(n & (n - 1) == 0 for n in (*p.outer_tile, *p.inner_tile)) and dkdv == work("dkdv", False)[1]
+    monkeypatch.delenv(tri.PADDED_TILES_ENV)
+    assert not tri.padded_tiles() and tri.plan(geom, 128, 64, True) == work("fwd", False)[0]
 
 
 def test_plan_official_720p_window():
@@ -481,7 +484,8 @@ def test_h100_tiles_in_the_interpreter(monkeypatch, grid, window):
     from cosmos_kernels.triton import neighborhood_attention as tri
 
     monkeypatch.setattr(tri, "launch_config", lambda kernel, device: tri.GPU_CONFIGS[kernel])
-    if window.get("stride") == (1, 3, 5):
+    if window.get("stride") == (1, 3, 5):  # the opt-in padded tiles
+        monkeypatch.setenv(tri.PADDED_TILES_ENV, "1")
         geom = tri.Geometry(grid, window["kernel_size"], (1, 1, 1), window["stride"], (False,) * 3)
         for name in ("fwd", "dq", "jvp"):
             cfg = tri.GPU_CONFIGS[name]
@@ -511,4 +515,6 @@ def test_compile_report_of_the_triton_kernels():
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     for kernel in ("fwd", "bwd_dq", "bwd_dkdv", "jvp"):
         assert f"neighborhood_attention_{kernel}[bf16,D=128,24x44x80]" in res.stdout
-        assert f"neighborhood_attention_{kernel}[bf16,D=128,24x30x52]" in res.stdout  # padded tiles (fwd, dq, jvp)
+        assert f"neighborhood_attention_{kernel}[bf16,D=128,24x30x52]" in res.stdout
+    for kernel in ("fwd", "bwd_dq", "jvp"):  # the opt-in padded tiles of whole stride groups
+        assert f"neighborhood_attention_{kernel}[bf16,D=128,24x30x52,padded]" in res.stdout

@@ -45,7 +45,8 @@ of two, multiples of the stride, the axis extent); the counts are separable acro
 shape pair with the fewest visited tiles, then fewest masked ones, is found by a small search. On
 the official 720p windows (full along T, stride (1, 4, 8)) the plan computes exactly the attended
 pairs: no tile is partially covered. At 480p (stride (1, 3, 5)) tiles of whole stride groups bring
-the forward, dq and JVP from 1.3-1.5x the attended pairs (power-of-two boxes) to 1.13-1.2x; dk/dv
+the forward, dq and JVP from 1.3-1.5x the attended pairs (power-of-two boxes) to 1.13-1.2x; they
+are opt-in (COSMOS_KERNELS_NATTEN_PADDED_TILES=1) until a GPU measurement shows them faster; dk/dv
 keeps power-of-two boxes (padding gains it ~2% there and spills registers).
 """
 from __future__ import annotations
@@ -694,12 +695,19 @@ def _axis_visits(length: int, kernel: int, dilation: int, stride: int, causal: b
 PADDED_TILES_ENV = "COSMOS_KERNELS_NATTEN_PADDED_TILES"
 
 
-def plan(geom: Geometry, block_outer: int, block_inner: int, walk_keys: bool) -> TilePlan:
-    """_plan over every candidate tile for the query-tile programs (fwd, dq, jvp), over
-    power-of-two boxes only for dk/dv (padding gains it ~2% at 480p and spills registers there)
-    and everywhere with COSMOS_KERNELS_NATTEN_PADDED_TILES=0 (the earlier plan, kept selectable)."""
-    padded = walk_keys and os.environ.get(PADDED_TILES_ENV, "1") != "0"
-    return _plan(geom, block_outer, block_inner, walk_keys, padded)
+def padded_tiles() -> bool:
+    """Whether the query-tile kernels may take padded tiles (COSMOS_KERNELS_NATTEN_PADDED_TILES=1).
+    Opt-in: fewer tile visits is counted exactly, but no GPU has yet timed the padded kernels
+    against the power-of-two ones (bench rows ours:triton:padded-tiles)."""
+    return os.environ.get(PADDED_TILES_ENV, "0") == "1"
+
+
+def plan(geom: Geometry, block_outer: int, block_inner: int, walk_keys: bool, padded: bool | None = None) -> TilePlan:
+    """_plan over power-of-two boxes (the default), or with padded=True (default: padded_tiles())
+    over every candidate tile for the query-tile programs (fwd, dq, jvp); dk/dv always keeps
+    power-of-two boxes (padding gains it ~2% at 480p and spills registers there)."""
+    padded = padded_tiles() if padded is None else padded
+    return _plan(geom, block_outer, block_inner, walk_keys, padded and walk_keys)
 
 
 @lru_cache(maxsize=256)
@@ -813,8 +821,9 @@ def _ordered(fn, args: dict) -> dict:
     return {name: args[name] for name in fn.arg_names if name in args}
 
 
-def fwd_launch(q, k, v, out, lse, geom: Geometry, scale: float, cfg: LaunchConfig, visits=None) -> Launch:
-    p = plan(geom, cfg.block_outer, cfg.block_inner, True)
+def fwd_launch(q, k, v, out, lse, geom: Geometry, scale: float, cfg: LaunchConfig, visits=None,
+               padded: bool | None = None) -> Launch:
+    p = plan(geom, cfg.block_outer, cfg.block_inner, True, padded)
     args, const = _common(geom, p, True, cfg, q, k, v, out)
     args.update(_tensor_args(Q=q, K=k, V=v, O=out), LSE=lse, VISITS=visits if visits is not None else lse,
                 qk_scale=scale * LOG2E)
@@ -831,8 +840,9 @@ def delta_launch(out, grad_out, grad_lse, delta) -> Launch:
                   LaunchConfig(64, 1, 4, 1))
 
 
-def dq_launch(q, k, v, grad_out, lse, delta, dq, geom: Geometry, scale: float, cfg: LaunchConfig) -> Launch:
-    p = plan(geom, cfg.block_outer, cfg.block_inner, True)
+def dq_launch(q, k, v, grad_out, lse, delta, dq, geom: Geometry, scale: float, cfg: LaunchConfig,
+              padded: bool | None = None) -> Launch:
+    p = plan(geom, cfg.block_outer, cfg.block_inner, True, padded)
     args, const = _common(geom, p, True, cfg, q, k, v, grad_out, dq)
     args.update(_tensor_args(Q=q, K=k, V=v, DO=grad_out, DQ=dq), LSE=lse, DELTA=delta, qk_scale=scale * LOG2E,
                 sm_scale=scale)
@@ -850,8 +860,9 @@ def dkdv_launch(q, k, v, grad_out, lse, delta, dk, dv, geom: Geometry, scale: fl
                   const, cfg)
 
 
-def jvp_launch(q, k, v, tq, tk, tv, out, lse, t_out, t_lse, geom: Geometry, scale: float, cfg: LaunchConfig) -> Launch:
-    p = plan(geom, cfg.block_outer, cfg.block_inner, True)
+def jvp_launch(q, k, v, tq, tk, tv, out, lse, t_out, t_lse, geom: Geometry, scale: float, cfg: LaunchConfig,
+               padded: bool | None = None) -> Launch:
+    p = plan(geom, cfg.block_outer, cfg.block_inner, True, padded)
     args, const = _common(geom, p, True, cfg, q, k, v, tq, tk, tv, out, t_out)
     args.update(_tensor_args(Q=q, K=k, V=v, TQ=tq, TK=tk, TV=tv, O=out, TO=t_out), LSE=lse, TLSE=t_lse,
                 qk_scale=scale * LOG2E, sm_scale=scale)
@@ -916,14 +927,19 @@ def _aot_specs() -> list[AotSpec]:
         q, k, v, o, do, tq, tk, tv = (torch.empty(1, S, H, D, dtype=dtype, device="meta") for _ in range(8))
         rows = torch.empty(1, H, S, dtype=torch.float32, device="meta")
         label = f"{_TRITON_DTYPES[dtype]},D={D},{'x'.join(map(str, geom.grid))}"
-        # every attention kernel at both grids (480p: stride (1, 3, 5), tiles of whole stride groups
-        # padded to their blocks); the delta kernel does not depend on the window
+        # every attention kernel at both grids; at 480p (stride (1, 3, 5)) also the opt-in plan's
+        # padded tiles of whole stride groups; the delta kernel does not depend on the window
         launches = [fwd_launch(q, k, v, o, rows, geom, 0.1, GPU_CONFIGS["fwd"]),
                     dq_launch(q, k, v, do, rows, rows, q, geom, 0.1, GPU_CONFIGS["dq"]),
                     dkdv_launch(q, k, v, do, rows, rows, k, v, geom, 0.1, GPU_CONFIGS["dkdv"]),
                     jvp_launch(q, k, v, tq, tk, tv, o, rows, o, rows, geom, 0.1, GPU_CONFIGS["jvp"])]
         if geom is official:
             launches.append(delta_launch(o, do, rows, rows))
+        else:
+            specs += [launch.aot_spec(label + ",padded") for launch in (
+                fwd_launch(q, k, v, o, rows, geom, 0.1, GPU_CONFIGS["fwd"], padded=True),
+                dq_launch(q, k, v, do, rows, rows, q, geom, 0.1, GPU_CONFIGS["dq"], padded=True),
+                jvp_launch(q, k, v, tq, tk, tv, o, rows, o, rows, geom, 0.1, GPU_CONFIGS["jvp"], padded=True))]
         specs += [launch.aot_spec(label) for launch in launches]
     return specs
 
