@@ -277,10 +277,10 @@ class Trainer(Run):
             sharded_init.load(self.model, init, key=lora.base_name, skip=lora.is_adapter_key)
             del init
         else:
-            torch.manual_seed(cfg.seed)  # the stream cm.build would have drawn: the same weights
             shadow = cm.build(self.model_cfg, device="meta", dtype=torch.float32)
-            if self.lora is not None:
+            if self.lora is not None:  # (peft draws random numbers for the adapters: before the seed)
                 lora.add_lora(shadow, self.lora["rank"], self.lora["alpha"], targets)
+            torch.manual_seed(cfg.seed)  # the stream cm.build would have drawn: the same weights
             sharded_init.initialize(self.model, shadow, lay.device, skip=lora.is_adapter_key)
         if self.lora is not None:
             lora.init_adapters(self.model, cfg.seed + 1)  # the same on every rank and layout
