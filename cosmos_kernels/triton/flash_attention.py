@@ -122,6 +122,7 @@ CONFIGS = {
 # the TMA forward and dQ, the fp32 TMA JVP and the fp32 TMA one pass run the FA2 tiles
 for _kernel, _bytes in (("fwd", 2), ("fwd", 4), ("dq", 2), ("dq", 4), ("jvp", 4), ("bwd_fused", 4)):
     CONFIGS[(f"{_kernel}_tma", _bytes)] = CONFIGS[(_kernel, _bytes)]
+del _kernel, _bytes
 PRE = Blocks(64, 0, 4, 1)  # rows per program of the δ preprocess
 
 
@@ -154,11 +155,14 @@ def variants(kernel: str, dtype: torch.dtype) -> tuple[str, ...]:
     return tuple(v for v in KERNEL_VARIANTS[kernel] if not (v == "tma_ws" and dtype == torch.float32))
 
 
-def _offered(op: str, kernel: str, cfg: Blocks, dtype: torch.dtype) -> None:
+def _uses_tma(op: str, kernel: str, cfg: Blocks, dtype: torch.dtype) -> bool:
+    """Whether `cfg` asks for one of the TMA variants; a variant this Triton does not offer for
+    `kernel` and `dtype` is a ValueError."""
     offered = variants(kernel, dtype)
     if cfg.variant not in offered:
         raise ValueError(f"{op}: {kernel} variant {cfg.variant!r} is not offered for {dtype} by this Triton "
                          f"({triton.__version__}); available: {', '.join(offered)}")
+    return cfg.variant != "fa2"
 
 
 def one_pass_backward(head_dim: int, dtype: torch.dtype) -> bool:
@@ -800,11 +804,9 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, cfg
     cfg = cfg or choose("fwd", D, q.dtype, S_q, S_k, q.device)
     grid = (triton.cdiv(S_q, cfg.m), B * H)
     args = (q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out), H, S_q, S_k, scale * LOG2E)
-    if cfg.variant != "fa2":
-        _offered("flash_attention", "fwd", cfg, q.dtype)
-        if _tma_ready(q, k, v, out):
-            _attn_fwd_tma[grid](*args, WARP_SPECIALIZE=cfg.variant == "tma_ws", **_meta(D, cfg))
-            return out, lse
+    if _uses_tma("flash_attention", "fwd", cfg, q.dtype) and _tma_ready(q, k, v, out):
+        _attn_fwd_tma[grid](*args, WARP_SPECIALIZE=cfg.variant == "tma_ws", **_meta(D, cfg))
+        return out, lse
     _attn_fwd[grid](*args, **_meta(D, cfg))
     return out, lse
 
@@ -820,11 +822,9 @@ def forward_jvp(q, k, v, q_t, k_t, v_t, scale: float, cfg: Blocks | None = None)
     grid = (triton.cdiv(S_q, cfg.m), B * H)
     args = (q, k, v, q_t, k_t, v_t, out, out_t, lse, lse_t, *_strides(q), *_strides(k), *_strides(v),
             *_strides(q_t), *_strides(k_t), *_strides(v_t), *_strides(out), H, S_q, S_k, scale * LOG2E, scale)
-    if cfg.variant != "fa2":
-        _offered("flash_attention_jvp", "jvp", cfg, q.dtype)
-        if _tma_ready(q, k, v, q_t, k_t, v_t, out, out_t):
-            _attn_jvp_tma[grid](*args, WARP_SPECIALIZE=cfg.variant == "tma_ws", **_meta(D, cfg))
-            return out, out_t, lse, lse_t
+    if _uses_tma("flash_attention_jvp", "jvp", cfg, q.dtype) and _tma_ready(q, k, v, q_t, k_t, v_t, out, out_t):
+        _attn_jvp_tma[grid](*args, WARP_SPECIALIZE=cfg.variant == "tma_ws", **_meta(D, cfg))
+        return out, out_t, lse, lse_t
     _attn_jvp[grid](*args, **_meta(D, cfg))
     return out, out_t, lse, lse_t
 
@@ -852,9 +852,7 @@ def backward(grad, q, k, v, out, lse, scale: float, grad_lse=None, deterministic
     args = (q, k, v, grad, lse, delta, dk, dv, dq_acc, *_strides(q), *_strides(k), *_strides(v), *_strides(grad),
             *_strides(dk), *_strides(dv), *(_strides(dq_acc) if one_pass else (0, 0, 0)), H, S_q, S_k,
             scale * LOG2E, scale)
-    if cfg.variant != "fa2":
-        _offered("flash_attention backward", kernel, cfg, q.dtype)
-    if cfg.variant == "tma" and _tma_ready(q, k, v, grad, dk, dv):
+    if _uses_tma("flash_attention backward", kernel, cfg, q.dtype) and _tma_ready(q, k, v, grad, dk, dv):
         _attn_bwd_dkdv_tma[(triton.cdiv(S_k, cfg.n), B * H)](*args, ONE_PASS=one_pass, WARP_SPECIALIZE=False,
                                                              **_meta(D, cfg))
     else:
@@ -865,9 +863,7 @@ def backward(grad, q, k, v, out, lse, scale: float, grad_lse=None, deterministic
     cfg = pick("dq")
     args = (q, k, v, grad, lse, delta, dq, *_strides(q), *_strides(k), *_strides(v), *_strides(grad), *_strides(dq),
             H, S_q, S_k, scale * LOG2E, scale)
-    if cfg.variant != "fa2":
-        _offered("flash_attention backward", "dq", cfg, q.dtype)
-    if cfg.variant == "tma" and _tma_ready(q, k, v, grad, dq):
+    if _uses_tma("flash_attention backward", "dq", cfg, q.dtype) and _tma_ready(q, k, v, grad, dq):
         _attn_bwd_dq_tma[(triton.cdiv(S_q, cfg.m), B * H)](*args, WARP_SPECIALIZE=False, **_meta(D, cfg))
     else:
         _attn_bwd_dq[(triton.cdiv(S_q, cfg.m), B * H)](*args, **_meta(D, cfg))
